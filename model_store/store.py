@@ -1,0 +1,116 @@
+"""A folder of models, one sub-folder each: model.safetensors + manifest.json. No pickle."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model_store.errors import DigestMismatch, InvalidManifest, ModelNotFound, StoreError
+from model_store.manifest import Manifest
+
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+SHIPPED_ROOT = Path(__file__).resolve().parent
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_name(name: str) -> str:
+    """Model names become folder names, so only a safe alphabet is allowed."""
+    if not _NAME.match(name):
+        raise StoreError(f"invalid model name {name!r}: use a-z, 0-9, '_' and '-'")
+    return name
+
+
+class ModelStore:
+    """Lists, validates, loads and saves the models under `root` (the shipped store by default)."""
+
+    def __init__(self, root: Path | str = SHIPPED_ROOT) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file())
+
+    def _dir(self, name: str) -> Path:
+        path = self.root / check_name(name)
+        if not (path / MANIFEST).is_file():
+            raise ModelNotFound(f"no model {name!r} in {self.root}; "
+                                f"available: {', '.join(self.names()) or 'none'}")
+        return path
+
+    def manifest(self, name: str) -> Manifest:
+        manifest = Manifest.read(self._dir(name) / MANIFEST)
+        if manifest.name != name:
+            raise InvalidManifest(f"folder {name!r} holds a manifest named {manifest.name!r}")
+        return manifest
+
+    def manifests(self) -> list[Manifest]:
+        return [self.manifest(n) for n in self.names()]
+
+    def validate(self, name: str) -> Manifest:
+        """Check manifest, digest and that the weights fit the architecture; return the manifest."""
+        self.load(name)
+        return self.manifest(name)
+
+    def load(self, name: str) -> tuple[nn.Module, Manifest]:
+        """The network in eval mode, fp32 on the CPU, after checking the weights' sha256."""
+        from train.architectures import build  # the store depends on train, never the reverse
+
+        manifest = self.manifest(name)
+        weights = self._dir(name) / WEIGHTS
+        if not weights.is_file():
+            raise ModelNotFound(f"model {name!r} has no {WEIGHTS} in {weights.parent}")
+        digest = sha256_file(weights)
+        if digest != manifest.sha256:
+            raise DigestMismatch(f"model {name!r}: {WEIGHTS} has sha256 {digest}, "
+                                 f"manifest says {manifest.sha256}")
+        try:
+            net = build(manifest.architecture, manifest.options)
+        except (ValueError, TypeError) as e:
+            raise InvalidManifest(f"model {name!r}: {e}") from None
+        state = {k: v.float() for k, v in load_file(weights).items()}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise InvalidManifest(f"model {name!r}: weights do not fit "
+                                  f"{manifest.architecture} {manifest.options}: {e}") from None
+        return net.eval(), manifest
+
+    def save(self, net: nn.Module, *, name: str, task: str, architecture: str,
+             options: dict[str, Any], dtype: torch.dtype = torch.float32,
+             **fields: Any) -> Manifest:
+        """Write the network's weights (in `dtype`) and a manifest; returns the manifest."""
+        path = self.root / check_name(name)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+                 for k, v in net.state_dict().items()}
+        save_file(state, str(path / WEIGHTS))
+        fields.setdefault("created", datetime.now(UTC).isoformat(timespec="seconds"))
+        manifest = Manifest(name=name, task=task, architecture=architecture,  # type: ignore[arg-type]
+                            options=options, sha256=sha256_file(path / WEIGHTS), **fields)
+        (path / MANIFEST).write_text(manifest.to_json())
+        return manifest
+
+    def update_metrics(self, name: str, metrics: dict[str, Any]) -> Manifest:
+        """Merge evaluation results into a model's manifest."""
+        manifest = self.manifest(name)
+        merged = dataclasses.replace(manifest, metrics={**manifest.metrics, **metrics})
+        (self._dir(name) / MANIFEST).write_text(merged.to_json())
+        return merged
