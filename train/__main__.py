@@ -1,0 +1,34 @@
+"""python -m train {style,superres,gatys,eval,info}: each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = {
+    "style": ("train.style_training", "train a style transfer network (§4.1)"),
+    "superres": ("train.superres_training", "train a super-resolution network (§4.2)"),
+    "gatys": ("train.gatys", "stylise by optimisation (Gatys et al.), the paper's baseline"),
+    "eval": ("train.evaluate", "PSNR/SSIM of bicubic and the shipped SR models on HR images"),
+    "info": ("train.info", "parameter counts and GFLOPs of each architecture"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        command = importlib.import_module(module)
+        command.add_parser_arguments(p)
+        p.set_defaults(run=command.main)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

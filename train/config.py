@@ -1,0 +1,76 @@
+"""Training configurations: one frozen dataclass per task, the paper's settings as defaults.
+
+The CLI is generated from these fields (their `help` metadata), and `asdict(cfg)` is stored
+verbatim in each model's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str):  # noqa: A002 - reads like argparse
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = opt("../shared/data/photos", "folder of training photos (searched recursively)")
+    name: str = opt("", "model name in the store (default: derived from the task)")
+    store: str = opt("model_store", "model store folder the trained network is written to")
+    iterations: int = opt(40_000, "optimisation steps (the paper: 40k for style)")
+    batch_size: int = opt(4, "images per step (the paper: 4)")
+    lr: float = opt(1e-3, "Adam learning rate (the paper: 1e-3)")
+    seed: int = opt(0, "seed of initialisation and data sampling")
+    norm: str = opt("batch", "normalisation layers: batch (paper), instance or none")
+    upsample: str = opt("transposed", "upsampling: transposed (paper) or resize_conv")
+    padding: str = opt("zero", "convolution padding: zero (paper) or reflect")
+    tv_weight: float = opt(1e-6, "lambda_TV of the total variation regulariser")
+    device: str = opt("auto", "auto, cpu or cuda")
+    amp: str = opt("auto", "autocast dtype: auto (bf16 where supported), bf16, fp16 or none")
+    time_limit_s: float = opt(0.0, "stop after this many seconds and save (0 = no limit)")
+    checkpoint_every: int = opt(1000, "write a resumable checkpoint every N steps")
+    checkpoint_dir: str = opt("runs", "folder for resumable checkpoints")
+    resume: bool = opt(False, "continue from the checkpoint of this model name")
+    vgg_weights: str = opt("", "converted VGG safetensors (default: find VGG-16/VGG-19 on disk)")
+    save_dtype: str = opt("float16", "dtype of the stored weights: float16 or float32")
+
+
+@dataclass(frozen=True)
+class StyleConfig(TrainConfig):
+    style_image: str = opt("../shared/data/styles/udnie.jpg", "the style painting y_s")
+    image_size: int = opt(256, "side of the square training crops (the paper: 256)")
+    style_size: int = opt(0, "longer side the style image is resized to (0 = image_size)")
+    content_weight: float = opt(1.0, "lambda_c of the relu2_2 feature reconstruction loss")
+    style_weight: float = opt(5.0, "lambda_s of the style reconstruction loss")
+    content_layer: str = opt("relu2_2", "feature reconstruction layer (the paper: relu2_2)")
+    style_layers: str = opt("relu1_2,relu2_2,relu3_3,relu4_3", "style reconstruction layers")
+
+
+@dataclass(frozen=True)
+class SuperResConfig(TrainConfig):
+    factor: int = opt(4, "upsampling factor: 4 or 8")
+    loss: str = opt("feat", "feat (relu2_2 feature reconstruction, the paper) or pixel")
+    patch_size: int = opt(288, "side of the high-resolution training patches (the paper: 288)")
+    feature_layer: str = opt("relu2_2", "layer of the feature reconstruction loss")
+    residual: bool = opt(False, "predict a correction to bicubic upsampling (not in the paper)")
+    blur_sigma: float = opt(1.0, "Gaussian blur before downsampling (the paper: 1.0)")
+
+
+def add_arguments(parser, cls: type) -> None:
+    """One `--flag` per dataclass field, with the field's default and help."""
+    import dataclasses
+
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+
+
+def from_args(cls: type, args) -> TrainConfig:
+    import dataclasses
+
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

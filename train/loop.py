@@ -1,0 +1,124 @@
+"""The optimisation loop shared by every task: Adam, autocast, checkpoints, progress, storing."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from model_store import Manifest, ModelStore
+from train import checkpoint
+from train.config import TrainConfig
+from train.distributed import World
+
+Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
+Sampler = Callable[[torch.Generator], torch.Tensor]
+
+
+@dataclass
+class Result:
+    steps: int
+    losses: dict[str, float]   # mean of each weighted term over the last steps
+    seconds: float
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp in ("bf16", "auto"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16 if amp == "auto" else torch.bfloat16
+        return torch.bfloat16
+    raise ValueError(f"unknown amp {amp!r}; expected auto, bf16, fp16 or none")
+
+
+def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
+        device: torch.device, world: World, name: str) -> Result:
+    """Minimise the sum of the objective's (weighted) terms with Adam, as eq. 1."""
+    net.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ckpt_dir = Path(cfg.checkpoint_dir) / name
+    step = checkpoint.load(ckpt_dir, net, opt) if cfg.resume else 0
+    model = DistributedDataParallel(net) if world.size > 1 else net
+    # Seeded by rank and step, so that a resumed run samples what an uninterrupted one would.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + world.rank * 7919 + step)
+    amp = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    window: dict[str, list[float]] = {}
+    start = time.monotonic()
+    bar = tqdm(total=cfg.iterations, initial=step, disable=not world.main, dynamic_ncols=True,
+               desc=name, mininterval=2.0)
+    model.train()
+    while step < cfg.iterations:
+        batch = sample(gen).to(device, non_blocking=True)
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            terms = objective(model, batch)
+        total = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        for key, value in {**terms, "total": total}.items():
+            window.setdefault(key, []).append(float(value))
+            del window[key][:-100]
+        if not math.isfinite(window["total"][-1]):
+            raise FloatingPointError(f"loss became {window['total'][-1]} at step {step}")
+        bar.update(1)
+        if step % 25 == 0:
+            bar.set_postfix({k: f"{sum(v) / len(v):.4g}" for k, v in window.items()})
+        if world.main and step % cfg.checkpoint_every == 0:
+            checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg))
+        if cfg.time_limit_s and time.monotonic() - start > cfg.time_limit_s:
+            break
+    bar.close()
+    if world.main and step % cfg.checkpoint_every:
+        checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg))
+    losses = {k: sum(v) / len(v) for k, v in window.items()}
+    return Result(step, losses, time.monotonic() - start)
+
+
+def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str, task: str,
+                 architecture: str, options: dict, loss_network: str, data_images: int,
+                 device: torch.device, factor: int | None = None) -> Manifest:
+    """Write the trained network and everything needed to train it again into the store."""
+    training = {
+        "command": "python -m train " + " ".join(sys.argv[1:]),
+        "config": dataclasses.asdict(cfg),
+        "data_images": data_images,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "seconds": round(result.seconds, 1),
+        "torch": torch.__version__,
+    }
+    dtype = {"float16": torch.float16, "float32": torch.float32}[cfg.save_dtype]
+    return ModelStore(cfg.store).save(
+        net.float().eval(), name=name, task=task, architecture=architecture, options=options,
+        dtype=dtype, factor=factor, loss_network=loss_network, training=training,
+        iterations=result.steps, final_losses={k: round(v, 6) for k, v in result.losses.items()})

@@ -1,0 +1,84 @@
+"""`python -m train style`: a feed-forward network for one style painting (§3.2, §4.1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train import data, distributed, loop
+from train.config import StyleConfig, add_arguments, from_args
+from train.losses import feature_loss, gram, style_loss, tv_loss
+from train.style_net import StyleNet
+from train.vgg import LossNetwork
+from train.vgg_weights import resolve
+
+
+def load_loss_network(cfg) -> LossNetwork:
+    kind, state = resolve(weights=Path(cfg.vgg_weights) if cfg.vgg_weights else None)
+    return LossNetwork(kind, state)
+
+
+def load_style_image(path: str, longer_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1], its longer side resized to `longer_side`."""
+    im = data.load_rgb(Path(path)).float().unsqueeze(0) / 255
+    h, w = im.shape[-2:]
+    s = longer_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    return F.interpolate(im, size=size, mode="bicubic", antialias=True, align_corners=False
+                         ).clamp(0, 1)
+
+
+class StyleObjective(nn.Module):
+    """lambda_c l_feat(relu2_2) + lambda_s l_style(relu1_2..relu4_3) + lambda_TV l_TV."""
+
+    def __init__(self, vgg: LossNetwork, style: torch.Tensor, cfg: StyleConfig) -> None:
+        super().__init__()
+        self.vgg = vgg
+        self.cfg = cfg
+        self.style_layers = cfg.style_layers.split(",")
+        with torch.no_grad():
+            taps = vgg(style)
+            self.targets = [gram(getattr(taps, name)) for name in self.style_layers]
+
+    def forward(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = net(x)
+        fy = self.vgg(y)
+        with torch.no_grad():
+            fx = self.vgg(x, upto=self.cfg.content_layer)
+        cfg = self.cfg
+        content = feature_loss(getattr(fy, cfg.content_layer), getattr(fx, cfg.content_layer))
+        style = style_loss([getattr(fy, name) for name in self.style_layers], self.targets)
+        return {"content": cfg.content_weight * content, "style": cfg.style_weight * style,
+                "tv": cfg.tv_weight * tv_loss(y)}
+
+
+def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, StyleConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg: StyleConfig = from_args(StyleConfig, args)  # type: ignore[assignment]
+    name = cfg.name or Path(cfg.style_image).stem
+    device = loop.pick_device(cfg.device)
+    world = distributed.setup(device)
+    torch.manual_seed(cfg.seed)
+    options = {"norm": cfg.norm, "upsample": cfg.upsample, "padding": cfg.padding}
+    net = StyleNet(**options)
+    vgg = load_loss_network(cfg).to(device)
+    style = load_style_image(cfg.style_image, cfg.style_size or cfg.image_size).to(device)
+    objective = StyleObjective(vgg, style, cfg)
+    images = data.load_folder(cfg.data, short_side=cfg.image_size)
+    result = loop.fit(cfg, net, objective,
+                      lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+                      device, world, name)
+    if world.main:
+        manifest = loop.store_result(
+            cfg, net, result, name=name, task="style", architecture="style", options=options,
+            loss_network=f"{vgg.kind}-imagenet", data_images=len(images), device=device)
+        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
+    distributed.teardown()
+    return 0

@@ -1,0 +1,73 @@
+"""`python -m train superres`: single-image super-resolution for factor 4 or 8 (§4.2)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from train import data, distributed, loop
+from train.config import SuperResConfig, add_arguments, from_args
+from train.degrade import degrade
+from train.losses import feature_loss, pixel_loss, tv_loss
+from train.style_training import load_loss_network
+from train.superres_net import SuperResNet
+from train.vgg import LossNetwork
+
+
+class SuperResObjective(nn.Module):
+    """l_feat at relu2_2 (or l_pixel) against the high-resolution patch, plus lambda_TV l_TV."""
+
+    def __init__(self, cfg: SuperResConfig, vgg: LossNetwork | None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vgg = vgg
+
+    def forward(self, net: nn.Module, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        with torch.no_grad():
+            lr = degrade(hr, cfg.factor, cfg.blur_sigma)
+        y = net(lr)
+        if self.vgg is None:
+            main = {"pixel": pixel_loss(y, hr)}
+        else:
+            fy = getattr(self.vgg(y, upto=cfg.feature_layer), cfg.feature_layer)
+            with torch.no_grad():
+                fhr = getattr(self.vgg(hr, upto=cfg.feature_layer), cfg.feature_layer)
+            main = {"feat": feature_loss(fy, fhr)}
+        return {**main, "tv": cfg.tv_weight * tv_loss(y)}
+
+
+def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, SuperResConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg: SuperResConfig = from_args(SuperResConfig, args)  # type: ignore[assignment]
+    if cfg.factor not in (4, 8):
+        raise SystemExit(f"--factor must be 4 or 8, got {cfg.factor}")
+    if cfg.loss not in ("feat", "pixel"):
+        raise SystemExit(f"--loss must be feat or pixel, got {cfg.loss!r}")
+    if cfg.patch_size % cfg.factor:
+        raise SystemExit(f"--patch-size {cfg.patch_size} must be a multiple of {cfg.factor}")
+    name = cfg.name or f"sr_x{cfg.factor}_{cfg.loss}"
+    device = loop.pick_device(cfg.device)
+    world = distributed.setup(device)
+    torch.manual_seed(cfg.seed)
+    options = {"factor": cfg.factor, "norm": cfg.norm, "upsample": cfg.upsample,
+               "padding": cfg.padding, "residual": cfg.residual}
+    net = SuperResNet(**options)
+    vgg = load_loss_network(cfg).to(device) if cfg.loss == "feat" else None
+    images = data.load_folder(cfg.data, short_side=cfg.patch_size)
+    result = loop.fit(cfg, net, SuperResObjective(cfg, vgg),
+                      lambda g: data.random_crops(images, cfg.batch_size, cfg.patch_size, g),
+                      device, world, name)
+    if world.main:
+        manifest = loop.store_result(
+            cfg, net, result, name=name, task="superres", architecture="superres",
+            options=options, loss_network=f"{vgg.kind}-imagenet" if vgg else "none",
+            data_images=len(images), device=device, factor=cfg.factor)
+        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
+    distributed.teardown()
+    return 0
