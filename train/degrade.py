@@ -1,4 +1,4 @@
-"""The paper's low-resolution inputs (§4.2): Gaussian blur (sigma 1.0), then bicubic downsampling."""
+"""The paper's low-resolution inputs (§4.2): Gaussian blur, sigma 1, then bicubic downsampling."""
 
 from __future__ import annotations
 
