@@ -1,0 +1,79 @@
+"""`python -m service [--host H] [--port P]`: serve with uvicorn; SIGTERM drains, then exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from types import FrameType
+
+import torch
+import uvicorn
+
+from service.app import create_app
+from service.lifecycle import Phase, Services
+from service.logs import configure_logging
+from service.settings import get_settings
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT: readiness 503, new requests 503, admitted ones finish
+    (up to drain_timeout_s), then uvicorn shuts down. A second signal exits at once."""
+
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+        super().__init__(config)
+        self.services = services
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.info("received %s: draining", signal.Signals(sig).name)
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    async def _drain(self) -> None:
+        await self.services.drain()
+        self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.services.lifecycle.phase is Phase.FAILED:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", help="bind address (default: SERVICE_HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (default: SERVICE_PORT or 8000)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    settings = get_settings(**overrides)
+    configure_logging(settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    app = create_app(settings)
+    services: Services = app.state.services
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, timeout_graceful_shutdown=settings.drain_timeout_s,
+                            log_level=settings.log_level)
+    server = DrainingServer(config, services)
+    server.run()
+    if services.lifecycle.phase is Phase.FAILED:
+        log.error("exiting: %s", services.lifecycle.error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

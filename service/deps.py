@@ -1,0 +1,228 @@
+"""FastAPI dependencies: admission, model lookup, output options, and the request body."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypeVar
+
+from fastapi import Depends, Header, Query, Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from service import errors
+from service.imaging import INPUT_CONTENT_TYPES
+from service.inference import OutputOptions
+from service.lifecycle import Services
+from service.registry import LoadedModel
+
+T = TypeVar("T")
+DEFAULT_QUALITY = 90
+_ACCEPTED = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp",
+             "image/*": "png", "*/*": "png"}
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted request: its deadline (time.monotonic()) for starting compute."""
+
+    deadline: float
+
+
+async def admit(services: ServicesDep) -> AsyncIterator[Ticket]:
+    """Refuse while starting or draining; otherwise count the request as in flight."""
+    services.lifecycle.check_accepting()
+    with services.lifecycle.admitted():
+        yield Ticket(time.monotonic() + services.settings.request_timeout_s)
+
+
+TicketDep = Annotated[Ticket, Depends(admit)]
+
+
+def style_model(
+    request: Request, services: ServicesDep,
+    style: Annotated[str, Query(min_length=1, max_length=64,
+                                description="style name, see GET /v1/models")],
+) -> LoadedModel:
+    model = services.registry.get(style)
+    if model is None or model.task != "style":
+        available = ", ".join(services.registry.styles()) or "none"
+        raise errors.UnknownModel(f"unknown style {style!r}; available: {available}")
+    request.state.model = model.name
+    return model
+
+
+def superres_model(
+    request: Request, services: ServicesDep,
+    factor: Annotated[int, Query(ge=1, le=64, description="upscaling factor, e.g. 4 or 8")],
+    model: Annotated[str | None, Query(min_length=1, max_length=64,
+                                       description="pick one of several models "
+                                                   "for the factor")] = None,
+) -> LoadedModel:
+    candidates = services.registry.superres(factor)
+    if not candidates:
+        available = ", ".join(map(str, services.registry.factors())) or "none"
+        raise errors.UnknownModel(f"no super-resolution model for factor {factor}; "
+                                  f"available factors: {available}")
+    if model is None:
+        chosen = candidates[0]
+    else:
+        matches = [m for m in candidates if m.name == model]
+        if not matches:
+            names = ", ".join(m.name for m in candidates)
+            raise errors.UnknownModel(f"no super-resolution model {model!r} for factor "
+                                      f"{factor}; available: {names}")
+        chosen = matches[0]
+    request.state.model = chosen.name
+    return chosen
+
+
+def output_options(
+    format: Annotated[Literal["png", "jpeg", "jpg", "webp"] | None, Query(
+        description="output format; default from the Accept header, else png")] = None,
+    quality: Annotated[int | None, Query(ge=1, le=100,
+                                         description="jpeg/webp quality (default 90)")] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> OutputOptions:
+    fmt = format or negotiate(accept)
+    return OutputOptions("jpeg" if fmt == "jpg" else fmt, quality or DEFAULT_QUALITY)
+
+
+def negotiate(accept: str | None) -> str:
+    """The supported image type the Accept header prefers most (png when it names none)."""
+    best, best_q = "png", -1.0
+    for item in (accept or "").split(","):
+        mime, *params = (p.strip() for p in item.split(";"))
+        fmt = _ACCEPTED.get(mime.lower())
+        if fmt is None:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q and q > 0:
+            best, best_q = fmt, q
+    return best
+
+
+ModelDep = Annotated[LoadedModel, Depends(style_model)]
+SuperResDep = Annotated[LoadedModel, Depends(superres_model)]
+OutputDep = Annotated[OutputOptions, Depends(output_options)]
+
+
+async def read_image(request: Request, max_body_bytes: int) -> bytes:
+    """The image bytes from a raw image/* body or the multipart field `image`.
+
+    The content type and the declared length are checked before reading; the body is read up
+    to `max_body_bytes` and no further.
+    """
+    content_type = request.headers.get("content-type", "")
+    mime = content_type.split(";")[0].strip().lower()
+    if mime != "multipart/form-data" and mime not in INPUT_CONTENT_TYPES:
+        raise errors.UnsupportedMediaType(
+            f"content type {mime or '(none)'!r} is not supported; send the image as "
+            f"{', '.join(sorted(INPUT_CONTENT_TYPES))} or multipart/form-data field 'image'")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise errors.BadRequest("invalid Content-Length")
+        if int(declared) > max_body_bytes:
+            raise errors.PayloadTooLarge(f"the body is {declared} bytes; "
+                                         f"the limit is {max_body_bytes}")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise errors.PayloadTooLarge(f"the body is over the limit of {max_body_bytes} "
+                                             "bytes")
+    except ClientDisconnect:
+        raise errors.ClientDisconnected("the client went away while sending") from None
+    if mime == "multipart/form-data":
+        return _multipart_image(content_type, bytes(body))
+    return bytes(body)
+
+
+def _multipart_image(content_type: str, body: bytes) -> bytes:
+    """The `image` part of a multipart body, parsed in memory (never through files)."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise errors.BadRequest("multipart/form-data without a boundary")
+    parts: list[tuple[dict[str, str], bytearray]] = []
+    field_name: list[bytes] = []
+    field_value: list[bytes] = []
+
+    def on_part_begin() -> None:
+        parts.append(({}, bytearray()))
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        field_name.append(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        field_value.append(data[start:end])
+
+    def on_header_end() -> None:
+        name = b"".join(field_name).decode("latin-1").lower()
+        parts[-1][0][name] = b"".join(field_value).decode("latin-1")
+        field_name.clear()
+        field_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1][1].extend(data[start:end])
+
+    try:
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field,
+            "on_header_value": on_header_value, "on_header_end": on_header_end,
+            "on_part_data": on_part_data})
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:
+        raise errors.BadRequest(f"malformed multipart body: {e}") from None
+    for headers, data in parts:
+        _, disposition = parse_options_header(headers.get("content-disposition", ""))
+        if disposition.get(b"name") != b"image":
+            continue
+        part_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if part_type and part_type != "application/octet-stream" \
+                and part_type not in INPUT_CONTENT_TYPES:
+            raise errors.UnsupportedMediaType(
+                f"the image part has content type {part_type!r}; send an image")
+        return bytes(data)
+    raise errors.InvalidParameter("the multipart body has no field named 'image'")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (after the body was read)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    raise errors.ClientDisconnected("the client went away before the response was ready")

@@ -1,0 +1,158 @@
+"""Bytes <-> pixel arrays, with the limits that keep hostile images harmless.
+
+Input rules (documented in the API description):
+- Formats: PNG, JPEG, WebP, GIF, BMP, TIFF (detected from the bytes, not the content type).
+- The pixel limit is checked from the header before any pixel is decoded.
+- EXIF orientation is applied; metadata is not copied to the output.
+- Grayscale, bilevel, CMYK and palette images are converted to RGB; 16-bit images are scaled
+  to 8 bits (value / 257); the output is always RGB(A) 8-bit.
+- Alpha (RGBA, LA, palette transparency) is kept: the network sees the RGB channels, the alpha
+  channel is carried over (resized bicubically for super-resolution) into PNG and WebP output;
+  JPEG output is composited onto white. A fully opaque alpha channel is dropped.
+- Animated or multi-page images are refused (415): which frame to use would be a guess.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+INPUT_CONTENT_TYPES = frozenset({
+    "image/png", "image/jpeg", "image/jpg", "image/pjpeg", "image/webp", "image/gif",
+    "image/bmp", "image/x-ms-bmp", "image/tiff"})
+OUTPUT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+# We check sizes ourselves (from the header, against settings) and reject before decoding, so
+# Pillow's own warning between MAX_IMAGE_PIXELS and twice that is noise.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def set_pixel_limit(max_pixels: int) -> None:
+    """Pillow's own decompression-bomb limit, a second line behind our header check."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+@dataclass(frozen=True)
+class Decoded:
+    rgb: np.ndarray            # (H, W, 3) uint8
+    alpha: np.ndarray | None   # (H, W) uint8, None when absent or fully opaque
+
+
+def probe_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from the header only."""
+    with _open(data) as im:
+        return im.size
+
+
+def decode(data: bytes, *, max_pixels: int, scale: int = 1,
+           max_output_pixels: int | None = None) -> Decoded:
+    """Decode an image after checking its header; `scale` is the output/input side ratio."""
+    if not data:
+        raise InvalidImage("the body is empty; send the image bytes")
+    with _open(data) as im:
+        width, height = im.size
+        if width < 1 or height < 1:
+            raise InvalidImage(f"the image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"the image is {width}x{height} = {width * height} pixels; "
+                                f"the limit is {max_pixels}")
+        out_pixels = width * height * scale * scale
+        if max_output_pixels is not None and out_pixels > max_output_pixels:
+            raise ImageTooLarge(f"the output would be {width * scale}x{height * scale} = "
+                                f"{out_pixels} pixels; the limit is {max_output_pixels}")
+        if getattr(im, "n_frames", 1) > 1:
+            raise UnsupportedMediaType(f"animated or multi-page {im.format} images are not "
+                                       "supported; send a single frame")
+        try:
+            im.load()
+            rgb, alpha = _to_arrays(_oriented(im))
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(str(e)) from None
+        except Exception as e:  # Pillow raises many kinds on corrupt data; all are the client's
+            raise InvalidImage(f"the {im.format} image could not be decoded "
+                               f"(truncated or corrupt): {_short(e)}") from None
+    return Decoded(rgb, alpha)
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(str(e)) from None
+    except UnidentifiedImageError:
+        raise InvalidImage("the body is not an image in a supported format "
+                           f"({', '.join(INPUT_FORMATS)})") from None
+    except Exception as e:
+        raise InvalidImage(f"the image header could not be read: {_short(e)}") from None
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """Apply EXIF orientation; a broken EXIF block is ignored rather than fatal."""
+    try:
+        return ImageOps.exif_transpose(im) or im
+    except Exception:
+        return im
+
+
+def _to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = im.mode
+    if mode in _SIXTEEN_BIT:
+        gray = np.asarray(im).astype(np.float32)
+        gray = np.clip(np.rint(gray / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    if mode == "F":
+        gray = np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2), None
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = np.asarray(im.convert("RGBA"))
+        alpha = rgba[..., 3]
+        return np.ascontiguousarray(rgba[..., :3]), (None if alpha.min() == 255 else alpha.copy())
+    return np.asarray(im.convert("RGB")), None
+
+
+def _short(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    return text[:200]
+
+
+def pad_to(rgb: np.ndarray, min_side: int) -> np.ndarray:
+    """Replicate edges so both sides are at least `min_side` (networks need a minimum size)."""
+    h, w = rgb.shape[:2]
+    ph, pw = max(0, min_side - h), max(0, min_side - w)
+    if not ph and not pw:
+        return rgb
+    return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
+    """Encode RGB(A) uint8 pixels as png, jpeg or webp."""
+    im = Image.fromarray(rgb, "RGB")
+    if alpha is not None:
+        mask = Image.fromarray(alpha, "L")
+        if mask.size != im.size:
+            mask = mask.resize(im.size, Image.Resampling.BICUBIC)
+        if fmt == "jpeg":
+            white = Image.new("RGB", im.size, (255, 255, 255))
+            im = Image.composite(im, white, mask)
+        else:
+            im.putalpha(mask)
+    buf = io.BytesIO()
+    if fmt == "png":
+        im.save(buf, "PNG", compress_level=3)
+    elif fmt == "jpeg":
+        im.save(buf, "JPEG", quality=quality)
+    elif fmt == "webp":
+        im.save(buf, "WEBP", quality=quality, method=4)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}")
+    return buf.getvalue()

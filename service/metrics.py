@@ -1,0 +1,63 @@
+"""Prometheus metrics, one CollectorRegistry per app so that several apps can coexist."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class Metrics:
+    """All metrics of one app instance; names are part of the project's contract."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.request_duration = Histogram(
+            "service_request_duration_seconds", "Request latency, arrival to response",
+            ["route", "model", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "service_queue_wait_seconds", "Time from enqueue to the start of its batch",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "service_batch_size", "Requests per forward pass", ["model"],
+            buckets=BATCH_BUCKETS, registry=r)
+        self.forward = Histogram(
+            "service_forward_seconds", "Forward pass time per batch", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.decode = Histogram(
+            "service_decode_seconds", "Image decoding time", buckets=LATENCY_BUCKETS, registry=r)
+        self.encode = Histogram(
+            "service_encode_seconds", "Image encoding time", buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(
+            "service_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
+        self.inflight = Gauge(
+            "service_inflight_requests", "Requests admitted and not yet answered", registry=r)
+        self.rejections = Counter(
+            "service_rejections_total", "Requests refused or abandoned, by reason", ["reason"],
+            registry=r)
+        self.cache_hits = Counter(
+            "service_cache_hits_total", "Cache hits", ["backend"], registry=r)
+        self.cache_misses = Counter(
+            "service_cache_misses_total", "Cache misses", ["backend"], registry=r)
+        self.cache_errors = Counter(
+            "service_cache_errors_total", "Cache backend errors (the request went on)",
+            ["backend"], registry=r)
+        self.singleflight_shared = Counter(
+            "service_singleflight_shared_total",
+            "Requests answered by joining an identical computation already under way",
+            registry=r)
+        self.model_info = Gauge(
+            "service_model_info", "Loaded models (value 1)",
+            ["name", "task", "factor", "device", "dtype", "digest"], registry=r)
+        self.gpu_memory = Gauge(
+            "service_gpu_memory_bytes", "GPU memory allocated by torch", registry=r)
+
+    def watch_gpu_memory(self, read_bytes: Callable[[], float]) -> None:
+        """Read the GPU memory gauge at scrape time."""
+        self.gpu_memory.set_function(read_bytes)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

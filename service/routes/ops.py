@@ -1,0 +1,44 @@
+"""Operational routes: liveness, readiness, metrics and the model list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.deps import ServicesDep
+from service.lifecycle import Phase
+from service.schemas import Health, ModelInfo, ModelList, Readiness
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, summary="Readiness",
+            responses={503: {"model": Readiness, "description": "starting, draining or failed"}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """200 once every model is loaded and warmed up; 503 while starting and while draining."""
+    lifecycle = services.lifecycle
+    body = Readiness(status=str(lifecycle.phase), models=len(services.registry.models()),
+                     error=lifecycle.error)
+    status = 200 if lifecycle.phase is Phase.READY else 503
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["transform"],
+            summary="The loaded models")
+async def list_models(services: ServicesDep) -> ModelList:
+    return ModelList(models=[
+        ModelInfo(name=m.name, task=m.task, factor=m.factor, device=str(m.device),
+                  dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics)
+        for m in services.registry.models()])

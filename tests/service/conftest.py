@@ -1,0 +1,52 @@
+"""Fixtures for the service tests: a tiny model store, settings, Redis."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # make `tests.helpers` importable however pytest is started
+    sys.path.insert(0, str(ROOT))
+
+from service.settings import Settings  # noqa: E402
+from tests.helpers.models import make_store  # noqa: E402
+from tests.helpers.redis_server import answers, redis_server  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    make_store(root)
+    return root
+
+
+@pytest.fixture
+def make_settings(store_root: Path) -> Callable[..., Settings]:
+    """Settings for a test app: the tiny store, CPU, no Redis, short waits."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            model_store=store_root, device="cpu", dtype="float32", redis_url=None,
+            max_wait_ms=2, request_timeout_s=30, max_pixels=1_000_000,
+            max_output_pixels=4_000_000, drain_timeout_s=10)
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """127.0.0.1:6379 when it answers, else a redis-server of our own on a free port."""
+    if answers("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    with redis_server() as (url, _proc):
+        yield url
