@@ -27,9 +27,9 @@ class SingleFlight(Generic[T]):
     def __len__(self) -> int:
         return len(self._calls)
 
-    def waiters(self, key: str) -> int:
-        call = self._calls.get(key)
-        return call.waiters if call else 0
+    def waiting(self) -> int:
+        """Callers currently waiting, over all keys."""
+        return sum(call.waiters for call in self._calls.values())
 
     async def do(self, key: str, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Result of `fn()`, computed once for all concurrent callers; True if shared."""

@@ -1,0 +1,190 @@
+"""The generic batcher, with plain functions as the 'model' (it knows nothing of images)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from service.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
+
+
+class Recorder:
+    """run_batch that doubles numbers, records batches, and can be held on a payload."""
+
+    def __init__(self, hold_on: object = None) -> None:
+        self.batches: list[list[object]] = []
+        self.hold_on = hold_on
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, key: str, payloads: list[object]) -> list[object]:
+        self.batches.append(list(payloads))
+        if self.hold_on in payloads:
+            self.entered.set()
+            assert self.release.wait(30)
+        return [p * 2 for p in payloads]  # type: ignore[operator]
+
+
+def make(run, **kw) -> Batcher:  # noqa: ANN001
+    options = dict(max_batch_size=8, max_wait_ms=10, queue_limit=100)
+    options.update(kw)
+    batcher = Batcher(run, **options)
+    batcher.start()
+    return batcher
+
+
+async def held(batcher: Batcher, rec: Recorder) -> asyncio.Task:
+    """Submit the holding payload and wait until the worker is inside run_batch with it."""
+    task = asyncio.create_task(batcher.submit("k", rec.hold_on))
+    await asyncio.to_thread(rec.entered.wait, 10)
+    return task
+
+
+async def queued(batcher: Batcher, n: int) -> None:
+    for _ in range(2000):
+        if batcher.queued == n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"expected {n} queued, have {batcher.queued}")
+
+
+async def test_concurrent_requests_share_one_call() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_batch_size=5, max_wait_ms=10_000)
+    results = await asyncio.gather(*(batcher.submit("k", i) for i in range(5)))
+    assert [r.value for r in results] == [0, 2, 4, 6, 8]
+    assert rec.batches == [[0, 1, 2, 3, 4]]
+    assert all(r.batch_size == 5 for r in results)
+    await batcher.close()
+
+
+async def test_max_batch_size_and_cost_budget_split_batches() -> None:
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec, max_batch_size=3, max_batch_cost=10, max_wait_ms=0)
+    first = await held(batcher, rec)
+    tasks = [asyncio.create_task(batcher.submit("k", i, cost=4)) for i in range(5)]
+    await queued(batcher, 5)
+    rec.release.set()
+    await asyncio.gather(first, *tasks)
+    # cost 4 each under a budget of 10: two per batch, though three would fit by count
+    assert rec.batches[1:] == [[0, 1], [2, 3], [4]]
+    await batcher.close()
+
+
+async def test_keys_are_never_mixed() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_batch_size=4, max_wait_ms=5)
+    await asyncio.gather(*(batcher.submit(k, i) for k, i in
+                           [("a", 1), ("b", 10), ("a", 2), ("b", 20)]))
+    assert sorted(map(sorted, rec.batches)) == [[1, 2], [10, 20]]
+    await batcher.close()
+
+
+async def test_lone_request_runs_after_max_wait() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_batch_size=64, max_wait_ms=20)
+    started = time.monotonic()
+    done = await batcher.submit("k", 21)
+    assert done.value == 42
+    assert time.monotonic() - started >= 0.019
+    assert done.queue_s >= 0.019
+    await batcher.close()
+
+
+async def test_full_queue_rejects_at_once() -> None:
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec, queue_limit=2, max_wait_ms=0)
+    first = await held(batcher, rec)
+    waiting = [asyncio.create_task(batcher.submit("k", i)) for i in (1, 2)]
+    await queued(batcher, 2)
+    with pytest.raises(QueueFull):
+        await batcher.submit("k", 3)
+    rec.release.set()
+    assert [(await t).value for t in waiting] == [2, 4]
+    await first
+    await batcher.close()
+
+
+async def test_deadline_passing_in_the_queue_never_runs() -> None:
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec, max_wait_ms=0)
+    first = await held(batcher, rec)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit("k", 7, deadline=time.monotonic() + 0.05)
+    assert batcher.queued == 0
+    rec.release.set()
+    await first
+    assert rec.batches == [[-1]]
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit("k", 8, deadline=time.monotonic() - 1)
+    await batcher.close()
+
+
+async def test_cancelled_caller_is_removed_before_compute() -> None:
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec, max_wait_ms=0)
+    first = await held(batcher, rec)
+    gone = asyncio.create_task(batcher.submit("k", 5))
+    stays = asyncio.create_task(batcher.submit("k", 6))
+    await queued(batcher, 2)
+    gone.cancel()
+    await queued(batcher, 1)
+    rec.release.set()
+    assert (await stays).value == 12
+    await first
+    assert [5] not in rec.batches and all(5 not in b for b in rec.batches)
+    await batcher.close()
+
+
+async def test_an_exception_reaches_every_caller_and_the_worker_goes_on() -> None:
+    def run(key: str, payloads: list[int]) -> list[int]:
+        if 13 in payloads:
+            raise ValueError("unlucky batch")
+        return payloads
+
+    batcher = make(run, max_batch_size=3, max_wait_ms=10_000)
+    results = await asyncio.gather(*(batcher.submit("k", i) for i in (12, 13, 14)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    again = await asyncio.gather(*(batcher.submit("k", i) for i in (1, 2, 3)))
+    assert [r.value for r in again] == [1, 2, 3]
+    await batcher.close()
+
+
+async def test_wrong_number_of_outputs_is_an_error_for_all() -> None:
+    batcher = make(lambda key, payloads: payloads[:1], max_batch_size=2, max_wait_ms=10_000)
+    results = await asyncio.gather(batcher.submit("k", 1), batcher.submit("k", 2),
+                                   return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) and "outputs" in str(r) for r in results)
+    await batcher.close()
+
+
+async def test_out_of_memory_splits_the_batch_in_halves() -> None:
+    calls: list[int] = []
+
+    def run(key: str, payloads: list[int]) -> list[int]:
+        calls.append(len(payloads))
+        if len(payloads) > 2:
+            raise MemoryError("simulated device out of memory")
+        return [p + 100 for p in payloads]
+
+    batcher = make(run, max_batch_size=5, max_wait_ms=10_000,
+                   is_oom=lambda e: isinstance(e, MemoryError))
+    results = await asyncio.gather(*(batcher.submit("k", i) for i in range(5)))
+    assert [r.value for r in results] == [100, 101, 102, 103, 104]
+    assert calls == [5, 2, 3, 1, 2]
+    await batcher.close()
+
+
+async def test_close_runs_what_is_queued_then_refuses() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_batch_size=64, max_wait_ms=60_000)  # would wait a minute
+    tasks = [asyncio.create_task(batcher.submit("k", i)) for i in range(3)]
+    await queued(batcher, 3)
+    await batcher.close(timeout_s=10)
+    assert [(await t).value for t in tasks] == [0, 2, 4]
+    with pytest.raises(BatcherClosed):
+        await batcher.submit("k", 1)
