@@ -15,7 +15,7 @@ def pixels(width: int, height: int, seed: int = 0, channels: int = 3) -> np.ndar
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (max(1, height // 4), max(1, width // 4), channels), np.uint8)
     im = Image.fromarray(small.squeeze(-1) if channels == 1 else small)
-    return np.asarray(im.resize((width, height), Image.Resampling.BILINEAR))
+    return np.array(im.resize((width, height), Image.Resampling.BILINEAR))
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **params: object) -> bytes:

@@ -50,13 +50,13 @@ class Running:
     def services(self):  # noqa: ANN201 - service.lifecycle.Services
         return self.app.state.services
 
-    async def metric(self, name: str, **labels: str) -> float:
-        """Sum of the samples called `name` whose labels include `labels` (0 if none)."""
+    async def metric(self, metric_name: str, /, **labels: str) -> float:
+        """Sum of the samples called `metric_name` whose labels include `labels` (0 if none)."""
         text = (await self.client.get("/metrics")).text
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v
+                if sample.name == metric_name and all(sample.labels.get(k) == v
                                                for k, v in labels.items()):
                     total += sample.value
         return total
