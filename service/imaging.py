@@ -136,9 +136,9 @@ def pad_to(rgb: np.ndarray, min_side: int) -> np.ndarray:
 
 def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
     """Encode RGB(A) uint8 pixels as png, jpeg or webp."""
-    im = Image.fromarray(rgb, "RGB")
+    im = Image.fromarray(rgb)
     if alpha is not None:
-        mask = Image.fromarray(alpha, "L")
+        mask = Image.fromarray(alpha)
         if mask.size != im.size:
             mask = mask.resize(im.size, Image.Resampling.BICUBIC)
         if fmt == "jpeg":

@@ -29,7 +29,7 @@ def png(width: int = 32, height: int = 32, seed: int = 0, mode: str = "RGB") -> 
     if mode == "RGBA":
         rgba = pixels(width, height, seed, 4)
         rgba[..., 3] = np.where(np.arange(width) < width // 2, 255, 64)[None, :]
-        return encode(Image.fromarray(rgba, "RGBA"))
+        return encode(Image.fromarray(rgba))
     if mode == "P":
         im = Image.fromarray(pixels(width, height, seed)).quantize(16)
         return encode(im, transparency=0)
@@ -55,7 +55,7 @@ def webp(width: int = 32, height: int = 32, seed: int = 0) -> bytes:
 def png16(width: int = 32, height: int = 32) -> bytes:
     """A 16-bit grayscale PNG whose values use the whole 16-bit range."""
     ramp = np.linspace(0, 65535, width * height).reshape(height, width).astype(np.uint16)
-    return encode(Image.fromarray(ramp, "I;16"))
+    return encode(Image.fromarray(ramp))  # uint16 -> mode I;16
 
 
 def animated_gif(width: int = 32, height: int = 32, frames: int = 3) -> bytes:
