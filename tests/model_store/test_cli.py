@@ -1,0 +1,71 @@
+"""`python -m model_store list|validate` on a temporary store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_store import ModelStore
+from model_store.__main__ import main
+from model_store.store import WEIGHTS, sha256_file
+from train.superres_net import SuperResNet
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path) -> ModelStore:
+    torch.manual_seed(0)
+    store = ModelStore(tmp_path)
+    for name in ("sr-a", "sr-b"):
+        store.save(SuperResNet(4, norm="none"), name=name, task="superres",
+                   architecture="superres", options={"factor": 4, "norm": "none"}, factor=4,
+                   iterations=1234)
+    return store
+
+
+def test_list_shows_every_model(store, capsys):
+    assert main(["list", "--store", str(store.root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    digest = sha256_file(store.root / "sr-a" / WEIGHTS)[:12]
+    row = next(line for line in lines if line.startswith("sr-a"))
+    assert row.split() == ["sr-a", "superres", "x4", "1,234", digest, *row.split()[-2:]]
+    # 400,451 fp32 parameters (+ a small header): 1.6 MB = 1.5 MiB
+    assert row.split()[-2:] == ["1.5", "MiB"]
+    assert any(line.startswith("sr-b") for line in lines)
+
+
+def test_validate_passes_on_intact_store(store, capsys):
+    assert main(["validate", "--store", str(store.root)]) == 0
+    assert "2 model(s)" in capsys.readouterr().out
+
+
+def test_validate_fails_on_tampered_weights(store, capsys):
+    weights = store.root / "sr-b" / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # flip one byte of the last tensor
+    weights.write_bytes(bytes(data))
+    assert main(["validate", "--store", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED sr-b" in err and "sha256" in err
+    assert "sr-a" not in err
+    assert main(["validate", "sr-a", "--store", str(store.root)]) == 0
+
+
+def test_validate_fails_on_missing_weights_in_a_subprocess(store):
+    (store.root / "sr-a" / WEIGHTS).unlink()
+    result = subprocess.run([sys.executable, "-m", "model_store", "validate", "--store",
+                             str(store.root)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert "FAILED sr-a" in result.stderr and WEIGHTS in result.stderr
+    assert "1 of 2 model(s)" in result.stderr
+
+
+def test_validate_unknown_name(store, capsys):
+    assert main(["validate", "nope", "--store", str(store.root)]) == 1
+    assert "no model 'nope'" in capsys.readouterr().err
