@@ -101,21 +101,26 @@ COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
 # XDG_CACHE_HOME, CUDA_CACHE_PATH: anything that caches (torch, the CUDA JIT) writes under /tmp,
 #   the one writable path when the root filesystem is read-only.
 # SERVICE_MODEL_STORE: the shipped models; mount a volume over /models, or point this elsewhere.
+# SERVICE_HOST, SERVICE_PORT: where `python -m service` listens (also read by the healthcheck),
+#   set here rather than left to the settings' defaults, since EXPOSE and the probes rely on them.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/tmp/.cache \
     CUDA_CACHE_PATH=/tmp/.nv \
-    SERVICE_MODEL_STORE=/models
+    SERVICE_MODEL_STORE=/models \
+    SERVICE_HOST=0.0.0.0 \
+    SERVICE_PORT=8000
 
 USER 10001:10001
 EXPOSE 8000
 
-# Liveness only (/healthz): /readyz turns 503 while models warm up or the service drains, and
-# Docker would then mark a healthy, draining container as unhealthy. --start-period covers
-# model loading and warm-up before failures count.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+# Liveness only (/healthz): /readyz is 503 while models load in the background and while the
+# service drains, and Docker would then call a healthy, draining container unhealthy.
+# --start-period covers the import of torch and CUDA initialisation.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/healthcheck.py"]
 
 # Exec form: Python is PID 1 and receives SIGTERM itself, which starts the drain.
-CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]
+# Same as `python -m service --host 0.0.0.0 --port 8000`, with host and port from ENV above.
+CMD ["python", "-m", "service"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -86,11 +87,12 @@ def test_runtime_stage():
     user = [args for op, args in body if op == "USER"][-1]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0
-    # The port the process listens on is the one exposed.
+    # `python -m service`, listening on all interfaces on the exposed port.
     command = exec_form(next(args for op, args in body if op == "CMD"))
     assert command[:3] == ["python", "-m", "service"]
-    assert int(command[command.index("--port") + 1]) == image_port()
-    assert command[command.index("--host") + 1] == "0.0.0.0"
+    listen = _image_env() | _flags(command[3:])
+    assert listen["SERVICE_HOST"] == "0.0.0.0"
+    assert int(listen["SERVICE_PORT"]) == image_port()
     # HEALTHCHECK runs the stdlib probe of /healthz that the image copies in.
     healthcheck = next(args for op, args in body if op == "HEALTHCHECK")
     probe = exec_form(healthcheck)
@@ -103,9 +105,36 @@ def test_runtime_stage():
     for tool in ("pip install", "build-essential", "gcc", "python3-venv", "python3-pip"):
         assert tool not in runs
     assert "COPY" in ops and "ENV" in ops
-    env = " ".join(args for op, args in body if op == "ENV")
-    assert "SERVICE_MODEL_STORE=/models" in env
+    assert _image_env()["SERVICE_MODEL_STORE"] == "/models"
     assert any(op == "COPY" and args.endswith(" /models") for op, args in body)
+
+
+def _image_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for op, args in final_stage():
+        if op == "ENV":
+            for word in shlex.split(args):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def _flags(argv: list[str]) -> dict[str, str]:
+    """`--host H --port P` as the settings they override."""
+    return {"SERVICE_" + flag.removeprefix("--").upper(): value
+            for flag, value in zip(argv[::2], argv[1::2], strict=True)}
+
+
+def test_image_settings_are_settings_fields(settings_env, clean_service_env):
+    from service.settings import Settings
+
+    env = {k: v for k, v in _image_env().items() if k.startswith("SERVICE_")}
+    unknown = sorted(set(env) - set(settings_env))
+    assert not unknown, f"ENV that no Settings field reads: {unknown}"
+    for key, value in env.items():
+        clean_service_env.setenv(key, value)
+    settings = Settings()
+    assert settings.port == image_port() and str(settings.model_store) == "/models"
 
 
 def test_copied_paths_exist_and_are_in_the_build_context():

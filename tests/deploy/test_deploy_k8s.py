@@ -413,3 +413,38 @@ def test_no_ready_pods_alert_names_the_deployment():
     (query,) = [q for q in alert_queries() if q.source.endswith("NoReadyPods")]
     (selector,) = query.selectors()
     assert ("deployment", "Equal", "perceptual-service") in selector.matchers
+
+
+def test_alert_label_values_are_ones_the_service_uses():
+    """reason="queue_full" must be a rejection reason the service actually records."""
+    from service.errors import ServiceError
+
+    def subclasses(cls: type) -> list[type]:
+        return [s for c in cls.__subclasses__() for s in (c, *subclasses(c))]
+
+    reasons = {c.reason for c in subclasses(ServiceError)}
+    for query in alert_queries():
+        for selector in query.selectors():
+            for label, op, value in selector.matchers:
+                if label == "reason" and op == "Equal":
+                    assert value in reasons, f"{query.source}: no rejection reason {value!r}"
+
+
+def test_readmes_explain_every_configured_variable(rendered):
+    """Every knob set in the deployment is explained in k8s/README.md or docker/README.md."""
+    from dockerfile_parse import final_stage as image_stage
+
+    readmes = (K8S / "README.md").read_text() + (K8S.parent / "docker" / "README.md").read_text()
+    configured = set()
+    for overlay in OVERLAYS:
+        configured |= set(find(rendered[overlay], "ConfigMap")["data"])
+        configured |= _pod_env_names(inference_deployment(rendered[overlay]))
+    compose = yaml.safe_load((K8S.parent / "docker" / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        if "build" in service:
+            configured |= set(service["environment"])
+    for op, args in image_stage():
+        if op == "ENV":
+            configured |= {w.split("=")[0] for w in args.split() if w.startswith("SERVICE_")}
+    missing = sorted(v for v in configured if f"`{v}`" not in readmes)
+    assert not missing, f"not explained in the READMEs: {missing}"
