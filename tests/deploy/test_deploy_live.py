@@ -8,7 +8,9 @@ by uvicorn on a free port for the whole module.
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import yaml
-from conftest import DOCKER, K8S, OVERLAYS, inference_deployment, service_container
+from conftest import DOCKER, K8S, OVERLAYS, find, inference_deployment, render, service_container
+from dockerfile_parse import exec_form, final_stage
 from promql_refs import EXTERNAL_METRICS, TARGET_LABELS, all_queries
 
 STYLE = "udnie"
@@ -92,8 +95,6 @@ def _png(size: int = 32) -> bytes:
 def test_paths_used_by_the_deployment_exist_in_the_app(live):
     assert {"/healthz", "/readyz", "/metrics", "/v1/stylize", "/v1/superres",
             "/v1/models"} <= live.paths
-    from conftest import render
-
     for overlay in OVERLAYS:
         container = service_container(inference_deployment(render(overlay)))
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -200,3 +201,79 @@ def test_model_info_reports_the_digest(live):
     (sample,) = family.samples
     assert sample.labels["name"] == STYLE
     assert re.fullmatch(r"[0-9a-f]{12,64}", sample.labels["digest"])
+
+
+# --- the container's command with the cluster's settings -------------------------------------
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_image_command_with_overlay_settings_serves_and_drains(overlay, tmp_path):
+    """What a pod does: the image's CMD with the overlay's ConfigMap, ready, then SIGTERM.
+
+    The GPU overlay runs only where CUDA is available (it sets SERVICE_DEVICE=cuda).
+    """
+    import torch
+
+    from model_store import ModelStore
+    from train.style_net import StyleNet
+
+    objects = render(overlay)
+    settings = find(objects, "ConfigMap")["data"]
+    if settings.get("SERVICE_DEVICE") == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the gpu overlay needs CUDA")
+    pod = inference_deployment(objects)["spec"]["template"]["spec"]
+    pre_stop_s = float(service_container(inference_deployment(objects))["lifecycle"]["preStop"]
+                       ["exec"]["command"][1])
+
+    store = tmp_path / "models"
+    torch.manual_seed(0)
+    ModelStore(store).save(StyleNet(norm="instance"), name=STYLE, task="style",
+                           architecture="style", options={"norm": "instance"})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": os.environ.get("PATH", ""), **settings,
+           # what the image's ENV and the Deployment's env add, adapted to this machine
+           "SERVICE_MODEL_STORE": str(store), "SERVICE_HOST": "127.0.0.1",
+           "SERVICE_PORT": str(port), "SERVICE_TORCH_THREADS": "1"}
+    command = exec_form(next(args for op, args in final_stage() if op == "CMD"))
+    assert command[0] == "python"
+    process = subprocess.Popen([sys.executable, *command[1:]], env=env, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"exited early:\n{process.stdout.read()}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready within 2 minutes"
+            time.sleep(0.2)
+        answer = httpx.post(f"{url}/v1/stylize", params={"style": STYLE}, content=_png(64),
+                            headers={"Content-Type": "image/png"}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        health = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")],
+                                env={"SERVICE_PORT": str(port)}, capture_output=True, timeout=30)
+        assert health.returncode == 0
+        models = httpx.get(f"{url}/v1/models").json()
+        assert STYLE in str(models)
+        metrics = httpx.get(f"{url}/metrics").text
+        if settings["SERVICE_DEVICE"] == "cuda":
+            (line,) = [x for x in metrics.splitlines()
+                       if x.startswith("service_gpu_memory_bytes ")]
+            assert float(line.split()[1]) > 0, "GPU memory gauge stays 0 on CUDA"
+        assert f'device="{settings["SERVICE_DEVICE"]}' in metrics
+
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=pod["terminationGracePeriodSeconds"])
+        elapsed = time.monotonic() - started
+        assert code == 0, process.stdout.read()
+        # An idle pod exits well within what the grace period leaves after preStop.
+        assert elapsed < pod["terminationGracePeriodSeconds"] - pre_stop_s
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
