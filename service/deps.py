@@ -39,8 +39,8 @@ class Ticket:
 
 
 async def admit(services: ServicesDep) -> AsyncIterator[Ticket]:
-    """Refuse while starting or draining; otherwise count the request as in flight."""
-    services.lifecycle.check_accepting()
+    """Refuse while starting, draining or overloaded; else count the request as in flight."""
+    services.lifecycle.check_accepting(services.settings.max_inflight)
     with services.lifecycle.admitted():
         yield Ticket(time.monotonic() + services.settings.request_timeout_s)
 

@@ -47,7 +47,7 @@ class Lifecycle:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def check_accepting(self) -> None:
+    def check_accepting(self, max_inflight: int | None = None) -> None:
         if self.phase is Phase.DRAINING:
             raise errors.ShuttingDown("the server is shutting down; retry on another instance",
                                       headers={"Retry-After": "1"})
@@ -56,6 +56,9 @@ class Lifecycle:
                                   headers={"Retry-After": "1"})
         if self.phase is Phase.FAILED:
             raise errors.NotReady(f"the service failed to start: {self.error}")
+        if max_inflight is not None and self.inflight >= max_inflight:
+            raise errors.QueueFull(f"{self.inflight} requests are in flight (limit "
+                                   f"{max_inflight}); retry later", headers={"Retry-After": "1"})
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -134,7 +137,8 @@ class Services:
             log.error("loading the models failed: %s", self.lifecycle.error)
             return
         for m in models:
-            self.metrics.model_info.labels(name=m.name, task=m.task, factor=str(m.factor),
+            factor = str(m.manifest.factor) if m.manifest.factor else ""
+            self.metrics.model_info.labels(name=m.name, task=m.task, factor=factor,
                                            device=str(m.device), dtype=m.dtype_name,
                                            digest=m.digest).set(1)
         if self.registry.device.type == "cuda":

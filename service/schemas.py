@@ -19,7 +19,7 @@ class ErrorResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: str = Field(description="style or superres")
-    factor: int = Field(description="output side / input side (1 for style)")
+    factor: int | None = Field(description="super-resolution factor (null for style)")
     device: str
     dtype: str
     digest: str = Field(description="sha256 of the weights")

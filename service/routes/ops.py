@@ -39,6 +39,6 @@ async def metrics(services: ServicesDep) -> Response:
             summary="The loaded models")
 async def list_models(services: ServicesDep) -> ModelList:
     return ModelList(models=[
-        ModelInfo(name=m.name, task=m.task, factor=m.factor, device=str(m.device),
+        ModelInfo(name=m.name, task=m.task, factor=m.manifest.factor, device=str(m.device),
                   dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics)
         for m in services.registry.models()])

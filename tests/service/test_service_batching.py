@@ -139,3 +139,14 @@ async def test_drain_refuses_new_requests_and_finishes_admitted_ones(make_settin
         assert (await first).status_code == 200
         assert await drain is True
         assert await r.metric("service_rejections_total", reason="draining") == 1
+
+
+async def test_too_many_in_flight_gives_429(make_settings) -> None:
+    async with running(make_settings(max_inflight=1)) as r:
+        gate = hold(r.services, "udnie")
+        first = asyncio.create_task(post(r.client, images.png(seed=1)))
+        await asyncio.to_thread(gate.entered.wait, 30)
+        over = await post(r.client, images.png(seed=2))
+        assert over.status_code == 429 and "in flight" in over.json()["error"]["message"]
+        gate.release.set()
+        assert (await first).status_code == 200
