@@ -14,8 +14,8 @@
 # NVIDIA_REQUIRE_CUDA / NVIDIA_VISIBLE_DEVICES variables, with which the NVIDIA container runtime
 # refuses to start the container on a driver too old for CUDA 12.8 instead of failing at the
 # first kernel. The `-cudnn-runtime` flavour would add ~3 GB of libraries that torch never loads.
-# cu128 rather than cu130: it runs on R570+ drivers (R525+ with CUDA minor-version
-# compatibility) and still supports Volta and Turing GPUs, which CUDA 13 dropped.
+# cu128 rather than cu130: CUDA 12.8 needs an R570 or newer driver, CUDA 13.0 an R580 one, and
+# GPU nodes often run the older branch.
 # To move CUDA, change CUDA_IMAGE and TORCH_CUDA together (e.g. 13.0.x-base + cu130).
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 ARG CPU_IMAGE=ubuntu:24.04
