@@ -176,13 +176,18 @@ def test_alerts_cover_the_issue_and_parse():
 
 # --- the Deployment --------------------------------------------------------------------------
 
-def _drain_timeout_s(objects: list[dict[str, Any]]) -> float:
+def _setting(objects: list[dict[str, Any]], field: str) -> float:
+    """A numeric setting as the pods get it: from the ConfigMap, else the field's default."""
     from service.settings import Settings
 
     data = find(objects, "ConfigMap")["data"]
-    if "SERVICE_DRAIN_TIMEOUT_S" in data:
-        return float(data["SERVICE_DRAIN_TIMEOUT_S"])
-    return float(Settings.model_fields["drain_timeout_s"].default)
+    prefix = Settings.model_config.get("env_prefix", "")
+    key = (prefix + field).upper()
+    return float(data[key]) if key in data else float(Settings.model_fields[field].default)
+
+
+def _drain_timeout_s(objects: list[dict[str, Any]]) -> float:
+    return _setting(objects, "drain_timeout_s")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -393,9 +398,9 @@ def test_hpa_scales_on_the_adapter_metric_below_the_queue_limit(rendered):
     exposed_as = {rule["name"]["as"] for rule in adapter_rules()}
     assert metric["pods"]["metric"]["name"] in exposed_as
     average = float(metric["pods"]["target"]["averageValue"])
-    data = find(objects, "ConfigMap")["data"]
-    assert 0 < average < int(data["SERVICE_QUEUE_LIMIT"]), (
-        "the HPA must add pods before the queue refuses requests")
+    # Pods are added before either admission limit refuses requests (429 queue_full).
+    for field in ("queue_limit", "max_inflight"):
+        assert 0 < average < _setting(objects, field), field
     assert hpa["spec"]["minReplicas"] >= 2
     # The PDB allows a drain whatever the replica count.
     assert find(objects, "PodDisruptionBudget")["spec"].get("maxUnavailable") == 1
