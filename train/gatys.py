@@ -6,10 +6,10 @@ relu1_2..relu4_3 + lambda_TV l_TV, the Gram targets taken from the style image r
 longer side equals the image size. §4.1 compares against it from white noise (the default,
 `--init noise`); `--init content` starts from the content photo instead.
 
-The pixels themselves are optimised and clamped to [0, 1] after every step. A sigmoid
-parametrisation was tried and stalled L-BFGS (as did a strong Wolfe line search) at the loss
-scale of the Keras VGG-19, whose 0-255 inputs put the style loss near 1e12; plain L-BFGS with a
-unit step, as in Gatys et al.'s and Johnson's neural-style implementations, descends steadily.
+The pixels themselves are optimised and clamped to [0, 1] after every step. L-BFGS takes unit
+steps without a line search, as in Gatys et al.'s and Johnson's neural-style implementations.
+(A sigmoid parametrisation and torch's strong Wolfe line search both stalled at the loss scale
+of the Keras VGG-19, whose 0-255 inputs put the style loss near 1e11.)
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ STYLE_WEIGHT: float = _DEFAULTS["style_weight"]
 TV_WEIGHT: float = _DEFAULTS["tv_weight"]
 CONTENT_LAYER: str = _DEFAULTS["content_layer"]
 STYLE_LAYERS: tuple[str, ...] = tuple(_DEFAULTS["style_layers"].split(","))
+FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step: one grey level
 
 
 def load_image(path: Path | str, longer_side: int = 0) -> torch.Tensor:
@@ -102,19 +103,26 @@ def stylize_by_optimisation(
         x = content.clone()
     else:
         raise ValueError(f"unknown init {init!r}; expected noise or content")
-    x.requires_grad_(True)
+    # torch's L-BFGS first steps by g / |g|_1, moving each pixel by ~1 / numel: at 256x256 a
+    # hundred-thousandth of a grey level, too little to measure curvature, and the next unit
+    # step then diverged from the content image. Optimising u = x / scale makes the first step
+    # move pixels by FIRST_STEP on average; later steps are scaled by the measured curvature,
+    # so they do not depend on `scale`. Adam is invariant to the gradient's scale: no need.
+    scale = x.numel() * FIRST_STEP if optimizer == "lbfgs" else 1.0
+    u = (x / scale).requires_grad_(True)
     if optimizer == "lbfgs":
         # One iteration per step() so reports and clamping happen between iterations; the
         # curvature history persists across calls. Zero tolerances: run exactly `iterations`.
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            [x], lr=lr or 1.0, max_iter=1, tolerance_grad=0.0, tolerance_change=0.0,
+            [u], lr=lr or 1.0, max_iter=1, tolerance_grad=0.0, tolerance_change=0.0,
             history_size=100)
     elif optimizer == "adam":
-        opt = torch.optim.Adam([x], lr=lr or 0.02)
+        opt = torch.optim.Adam([u], lr=lr or 0.02)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected lbfgs or adam")
 
     def losses() -> dict[str, torch.Tensor]:
+        x = u * scale
         taps = vgg(x)
         terms = {
             "content": content_weight * feature_loss(getattr(taps, content_layer),
@@ -141,7 +149,7 @@ def stylize_by_optimisation(
     for it in range(1, iterations + 1):
         opt.step(closure)
         with torch.no_grad():
-            x.clamp_(0, 1)
+            u.clamp_(0, 1 / scale)
         if report and it not in report:
             continue
         sync()
@@ -153,7 +161,7 @@ def stylize_by_optimisation(
         history.append(entry)
         sync()
         paused += time.perf_counter() - t
-    return x.detach(), history
+    return (u * scale).detach().clamp(0, 1), history
 
 
 def save_png(image: torch.Tensor, path: Path | str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from train.__main__ import main
 from train.config import StyleConfig
 from train.losses import feature_loss, style_loss, tv_loss
 from train.vgg import LossNetwork
-from train.vgg_weights import CONVS, export
+from train.vgg_weights import CONVS, export, resolve
+
+DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 
 
 def random_vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -123,3 +126,19 @@ def test_cli_reports_requested_iterations(vgg, tmp_path, capsys):
     assert data["settings"]["size"] == [32, 32]
     assert Image.open(out).size == (32, 32)
     assert "iteration" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (DATA / "styles").is_dir(), reason="shared data not available")
+def test_lbfgs_from_the_content_image_descends_with_the_real_vgg():
+    """Regression: with torch's default tiny first step, L-BFGS went from 2.9e11 to 5e13 here."""
+    try:
+        vgg = LossNetwork(*resolve())
+    except (FileNotFoundError, ImportError) as e:
+        pytest.skip(f"no ImageNet VGG weights: {e}")
+    torch.set_num_threads(1)
+    content = gatys.load_image(DATA / "content-images" / "chicago.jpg", 128)
+    style = gatys.load_image(DATA / "styles" / "starry_night.jpg", 128)
+    _, history = gatys.stylize_by_optimisation(content, style, vgg, 6, init="content")
+    totals = [h["total"] for h in history]
+    assert all(b < a for a, b in zip(totals, totals[1:], strict=False))
+    assert totals[-1] < 0.25 * totals[0]
