@@ -69,7 +69,6 @@ def evaluate(hr_dir: Path | str, factor: int, store: Path | str = SHIPPED_ROOT,
     missing = set(models or ()) - set(methods)
     if missing:
         raise ValueError(f"no x{factor} SR model(s) {', '.join(sorted(missing))} in {store}")
-    torch.set_grad_enabled(False)
     results: dict[str, dict] = {name: {"images": {}} for name in methods}
     for path in files:
         hr, lr = hr_and_lr(path, factor)
