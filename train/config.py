@@ -32,6 +32,7 @@ class TrainConfig:
     checkpoint_every: int = opt(1000, "write a resumable checkpoint every N steps")
     checkpoint_dir: str = opt("runs", "folder for resumable checkpoints")
     resume: bool = opt(False, "continue from the checkpoint of this model name")
+    init_from: str = opt("", "start from the weights of this model in --store (fine-tuning)")
     vgg_weights: str = opt("", "converted VGG safetensors (default: find VGG-16/VGG-19 on disk)")
     save_dtype: str = opt("float16", "dtype of the stored weights: float16 or float32")
 

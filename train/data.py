@@ -25,27 +25,30 @@ def image_files(root: Path | str) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
 
 
-def load_rgb(path: Path, short_side: int | None = None) -> torch.Tensor:
-    """uint8 (3, H, W) with EXIF orientation applied, shorter side resized to `short_side`."""
+def load_rgb(path: Path, short_side: int | None = None, min_side: int = 0) -> torch.Tensor:
+    """uint8 (3, H, W), EXIF orientation applied. The shorter side is resized to `short_side`
+    if given, else only images whose shorter side is below `min_side` are enlarged to it."""
     with Image.open(path) as im:
         if short_side and im.format == "JPEG":
             im.draft("RGB", (short_side, short_side))  # let libjpeg decode at a reduced scale
         im = ImageOps.exif_transpose(im).convert("RGB")
-        if short_side:
+        target = short_side or (min_side if min(im.size) < min_side else 0)
+        if target:
             w, h = im.size
-            s = short_side / min(w, h)
-            im = im.resize((max(short_side, round(w * s)), max(short_side, round(h * s))),
+            s = target / min(w, h)
+            im = im.resize((max(target, round(w * s)), max(target, round(h * s))),
                            Image.Resampling.BICUBIC, reducing_gap=3.0)
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
 
 
-def load_folder(root: Path | str, short_side: int | None, workers: int = 4) -> list[torch.Tensor]:
+def load_folder(root: Path | str, short_side: int | None = None, min_side: int = 0,
+                workers: int = 4) -> list[torch.Tensor]:
     """Every readable image under `root`; unreadable files are skipped with a warning."""
     files = image_files(root)
 
     def one(path: Path) -> torch.Tensor | None:
         try:
-            return load_rgb(path, short_side)
+            return load_rgb(path, short_side, min_side)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             log.warning("skipping unreadable image %s: %s", path, e)
             return None

@@ -104,12 +104,24 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     return Result(step, losses, time.monotonic() - start)
 
 
+def init_weights(cfg: TrainConfig, net: nn.Module) -> dict | None:
+    """Load the weights of `cfg.init_from`; return what the manifest records of that start."""
+    if not cfg.init_from:
+        return None
+    start, manifest = ModelStore(cfg.store).load(cfg.init_from)
+    net.load_state_dict(start.state_dict())
+    return {"name": manifest.name, "sha256": manifest.sha256, "iterations": manifest.iterations,
+            "training": manifest.training}
+
+
 def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str, task: str,
                  architecture: str, options: dict, loss_network: str, data_images: int,
-                 device: torch.device, factor: int | None = None) -> Manifest:
+                 device: torch.device, factor: int | None = None,
+                 init_from: dict | None = None) -> Manifest:
     """Write the trained network and everything needed to train it again into the store."""
     training = {
         "command": "python -m train " + " ".join(sys.argv[1:]),
+        "init_from": init_from,
         "config": dataclasses.asdict(cfg),
         "data_images": data_images,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -121,4 +133,5 @@ def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str,
     return ModelStore(cfg.store).save(
         net.float().eval(), name=name, task=task, architecture=architecture, options=options,
         dtype=dtype, factor=factor, loss_network=loss_network, training=training,
-        iterations=result.steps, final_losses={k: round(v, 6) for k, v in result.losses.items()})
+        iterations=result.steps + (init_from or {}).get("iterations", 0),
+        final_losses={k: round(v, 6) for k, v in result.losses.items()})

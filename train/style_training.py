@@ -72,13 +72,15 @@ def main(args: argparse.Namespace) -> int:
     style = load_style_image(cfg.style_image, cfg.style_size or cfg.image_size).to(device)
     objective = StyleObjective(vgg, style, cfg)
     images = data.load_folder(cfg.data, short_side=cfg.image_size)
+    init_from = loop.init_weights(cfg, net)
     result = loop.fit(cfg, net, objective,
                       lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
                       device, world, name)
     if world.main:
         manifest = loop.store_result(
             cfg, net, result, name=name, task="style", architecture="style", options=options,
-            loss_network=f"{vgg.kind}-imagenet", data_images=len(images), device=device)
+            loss_network=f"{vgg.kind}-imagenet", data_images=len(images), device=device,
+            init_from=init_from)
         print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
     distributed.teardown()
     return 0

@@ -59,7 +59,9 @@ def main(args: argparse.Namespace) -> int:
                "padding": cfg.padding, "residual": cfg.residual}
     net = SuperResNet(**options)
     vgg = load_loss_network(cfg).to(device) if cfg.loss == "feat" else None
-    images = data.load_folder(cfg.data, short_side=cfg.patch_size)
+    # Patches come from the photos at their own resolution, as the paper's from COCO.
+    images = data.load_folder(cfg.data, min_side=cfg.patch_size)
+    init_from = loop.init_weights(cfg, net)
     result = loop.fit(cfg, net, SuperResObjective(cfg, vgg),
                       lambda g: data.random_crops(images, cfg.batch_size, cfg.patch_size, g),
                       device, world, name)
@@ -67,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
         manifest = loop.store_result(
             cfg, net, result, name=name, task="superres", architecture="superres",
             options=options, loss_network=f"{vgg.kind}-imagenet" if vgg else "none",
-            data_images=len(images), device=device, factor=cfg.factor)
+            data_images=len(images), device=device, init_from=init_from, factor=cfg.factor)
         print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
     distributed.teardown()
     return 0
