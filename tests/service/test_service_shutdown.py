@@ -70,3 +70,16 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(store_root: Path,
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert any(e.get("request_id") == "drain-0" and e.get("status") == 200 for e in lines)
     assert any("draining" in e["message"] for e in lines)
+
+
+def test_a_model_that_cannot_load_makes_the_process_exit_1(store_root: Path,
+                                                           tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SERVICE_") and k != "REDIS_URL"}
+    env.update(SERVICE_MODEL_STORE=str(store_root), SERVICE_DEVICE="cpu",
+               SERVICE_MODELS="udnie,no-such-model", SERVICE_TORCH_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
+                           str(free_port())], cwd=ROOT, env=env, capture_output=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert b"no-such-model" in proc.stderr
