@@ -13,6 +13,8 @@ RUNS=${RUNS:-runs}
 LIMIT=${LIMIT:-0}
 LOGS=${LOGS:-$RUNS/logs}
 EXTRA=${EXTRA:-}          # e.g. "--vgg-weights vgg19_fp16.safetensors --save-dtype float32"
+CONTINUE=${CONTINUE:-0}   # 1: each model starts from the weights already in $STORE
+WITH_SR=${WITH_SR:-1}     # 0: style models only
 mkdir -p "$LOGS"
 
 # style: name, style weight (lambda_s; content weight 1), TV weight. Chosen per painting so the
@@ -26,13 +28,15 @@ rain_princess 2e-6 1e-2
 starry_night 5e-6 1e-2
 the_wave 2e-5 1e-2"}
 
+init() { [ "$CONTINUE" = 1 ] && echo "--init-from $1"; }
+
 pids=()
 while read -r name sw tv; do
   [ -z "$name" ] && continue
   $PY -m train style --style-image "$STYLES/$name.jpg" --name "$name" --data "$DATA" \
     --store "$STORE" --checkpoint-dir "$RUNS" --norm instance --upsample resize_conv \
     --padding reflect --style-weight "$sw" --tv-weight "$tv" --time-limit-s "$LIMIT" \
-    --checkpoint-every 2000 $EXTRA > "$LOGS/$name.log" 2>&1 &
+    --checkpoint-every 2000 $(init "$name") $EXTRA > "$LOGS/$name.log" 2>&1 &
   pids+=($!)
 done <<< "$STYLE_TABLE"
 
@@ -41,12 +45,14 @@ sr() {
   $PY -m train superres --name "$1" --factor "$2" --loss "$3" --tv-weight "$4" --data "$DATA" \
     --store "$STORE" --checkpoint-dir "$RUNS" --norm none --upsample resize_conv \
     --padding reflect --residual --iterations 200000 --time-limit-s "$LIMIT" \
-    --checkpoint-every 5000 $EXTRA > "$LOGS/$1.log" 2>&1 &
+    --checkpoint-every 5000 $(init "$1") $EXTRA > "$LOGS/$1.log" 2>&1 &
   pids+=($!)
 }
-sr sr_x4 4 feat 1e-2
-sr sr_x8 8 feat 1e-2
-sr sr_x4_pixel 4 pixel 0
+if [ "$WITH_SR" = 1 ]; then
+  sr sr_x4 4 feat 1e-2
+  sr sr_x8 8 feat 1e-2
+  sr sr_x4_pixel 4 pixel 0
+fi
 
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done

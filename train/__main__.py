@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from model_store import StoreError
+
 COMMANDS = {
     "style": ("train.style_training", "train a style transfer network (§4.1)"),
     "superres": ("train.superres_training", "train a super-resolution network (§4.2)"),
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(run=command.main)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, StoreError) as e:
+        parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":

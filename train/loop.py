@@ -31,6 +31,7 @@ class Result:
     steps: int
     losses: dict[str, float]   # mean of each weighted term over the last steps
     seconds: float
+    history: list[float]       # total loss of every step of this run
 
 
 def pick_device(name: str) -> torch.device:
@@ -69,6 +70,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     amp = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     window: dict[str, list[float]] = {}
+    history: list[float] = []
     start = time.monotonic()
     bar = tqdm(total=cfg.iterations, initial=step, disable=not world.main, dynamic_ncols=True,
                desc=name, mininterval=2.0)
@@ -88,8 +90,9 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         for key, value in {**terms, "total": total}.items():
             window.setdefault(key, []).append(float(value))
             del window[key][:-100]
-        if not math.isfinite(window["total"][-1]):
-            raise FloatingPointError(f"loss became {window['total'][-1]} at step {step}")
+        history.append(window["total"][-1])
+        if not math.isfinite(history[-1]):
+            raise FloatingPointError(f"loss became {history[-1]} at step {step}")
         bar.update(1)
         if step % 25 == 0:
             bar.set_postfix({k: f"{sum(v) / len(v):.4g}" for k, v in window.items()})
@@ -101,7 +104,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     if world.main and step % cfg.checkpoint_every:
         checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg))
     losses = {k: sum(v) / len(v) for k, v in window.items()}
-    return Result(step, losses, time.monotonic() - start)
+    return Result(step, losses, time.monotonic() - start, history)
 
 
 def init_weights(cfg: TrainConfig, net: nn.Module) -> dict | None:

@@ -61,7 +61,12 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg: StyleConfig = from_args(StyleConfig, args)  # type: ignore[assignment]
+    run(from_args(StyleConfig, args))  # type: ignore[arg-type]
+    return 0
+
+
+def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:
+    """Train, store (on the main process) and return the network with its training result."""
     name = cfg.name or Path(cfg.style_image).stem
     device = loop.pick_device(cfg.device)
     world = distributed.setup(device)
@@ -83,4 +88,4 @@ def main(args: argparse.Namespace) -> int:
             init_from=init_from)
         print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
     distributed.teardown()
-    return 0
+    return net, result

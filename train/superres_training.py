@@ -44,13 +44,18 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg: SuperResConfig = from_args(SuperResConfig, args)  # type: ignore[assignment]
+    run(from_args(SuperResConfig, args))  # type: ignore[arg-type]
+    return 0
+
+
+def run(cfg: SuperResConfig) -> tuple[nn.Module, loop.Result]:
+    """Train, store (on the main process) and return the network with its training result."""
     if cfg.factor not in (4, 8):
-        raise SystemExit(f"--factor must be 4 or 8, got {cfg.factor}")
+        raise ValueError(f"--factor must be 4 or 8, got {cfg.factor}")
     if cfg.loss not in ("feat", "pixel"):
-        raise SystemExit(f"--loss must be feat or pixel, got {cfg.loss!r}")
+        raise ValueError(f"--loss must be feat or pixel, got {cfg.loss!r}")
     if cfg.patch_size % cfg.factor:
-        raise SystemExit(f"--patch-size {cfg.patch_size} must be a multiple of {cfg.factor}")
+        raise ValueError(f"--patch-size {cfg.patch_size} must be a multiple of {cfg.factor}")
     name = cfg.name or f"sr_x{cfg.factor}_{cfg.loss}"
     device = loop.pick_device(cfg.device)
     world = distributed.setup(device)
@@ -72,4 +77,4 @@ def main(args: argparse.Namespace) -> int:
             data_images=len(images), device=device, init_from=init_from, factor=cfg.factor)
         print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
     distributed.teardown()
-    return 0
+    return net, result
