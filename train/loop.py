@@ -65,8 +65,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     ckpt_dir = Path(cfg.checkpoint_dir) / name
     step = checkpoint.load(ckpt_dir, net, opt) if cfg.resume else 0
     model = DistributedDataParallel(net) if world.size > 1 else net
-    # Seeded by rank and step, so that a resumed run samples what an uninterrupted one would.
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + world.rank * 7919 + step)
+    gen = torch.Generator()
     amp = autocast_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     window: dict[str, list[float]] = {}
@@ -76,6 +75,8 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
                desc=name, mininterval=2.0)
     model.train()
     while step < cfg.iterations:
+        # Seeded by rank and step, so that a resumed run samples what an uninterrupted one would.
+        gen.manual_seed(cfg.seed * 1_000_003 + world.rank * 7919 + step)
         batch = sample(gen).to(device, non_blocking=True)
         if device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -88,7 +89,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         scaler.update()
         step += 1
         for key, value in {**terms, "total": total}.items():
-            window.setdefault(key, []).append(float(value))
+            window.setdefault(key, []).append(float(value.detach()))
             del window[key][:-100]
         history.append(window["total"][-1])
         if not math.isfinite(history[-1]):
