@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def opt(default, help: str):  # noqa: A002 - reads like argparse
-    return field(default=default, metadata={"help": help})
+def opt(default, help: str, aliases: tuple[str, ...] = ()):  # noqa: A002 - reads like argparse
+    return field(default=default, metadata={"help": help, "aliases": aliases})
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,8 @@ class TrainConfig:
     data: str = opt("../shared/data/photos", "folder of training photos (searched recursively)")
     name: str = opt("", "model name in the store (default: derived from the task)")
     store: str = opt("model_store", "model store folder the trained network is written to")
-    iterations: int = opt(40_000, "optimisation steps (the paper: 40k for style)")
+    iterations: int = opt(40_000, "optimisation steps (the paper: 40k for style)",
+                          aliases=("--max-iters",))
     batch_size: int = opt(4, "images per step (the paper: 4)")
     lr: float = opt(1e-3, "Adam learning rate (the paper: 1e-3)")
     seed: int = opt(0, "seed of initialisation and data sampling")
@@ -52,7 +53,8 @@ class StyleConfig(TrainConfig):
 class SuperResConfig(TrainConfig):
     factor: int = opt(4, "upsampling factor: 4 or 8")
     loss: str = opt("feat", "feat (relu2_2 feature reconstruction, the paper) or pixel")
-    patch_size: int = opt(288, "side of the high-resolution training patches (the paper: 288)")
+    patch_size: int = opt(288, "side of the high-resolution training patches (the paper: 288)",
+                          aliases=("--image-size",))
     feature_layer: str = opt("relu2_2", "layer of the feature reconstruction loss")
     residual: bool = opt(False, "predict a correction to bicubic upsampling (not in the paper)")
     blur_sigma: float = opt(1.0, "Gaussian blur before downsampling (the paper: 1.0)")
@@ -63,12 +65,13 @@ def add_arguments(parser, cls: type) -> None:
     import dataclasses
 
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata["aliases"]]
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+            parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default,
+                                help=f.metadata["help"])
 
 
 def from_args(cls: type, args) -> TrainConfig:

@@ -35,15 +35,13 @@ class LossNetwork(nn.Module):
         if kind not in CONVS:
             raise ValueError(f"unknown VGG kind {kind!r}")
         self.kind = kind
-        channels = [state[f"conv{i}.weight"].shape[0] for i in range(len(CONVS[kind]))]
-        in_ch = [3, *channels[:-1]]
-        last_block = int(last[4])
-        last_conv = int(last[6])
+        last_block, last_conv = int(last[4]), int(last[6])
         self.layers = [(b, c) for b, c in CONVS[kind] if (b, c) <= (last_block, last_conv)]
         self.convs = nn.ModuleList(
-            nn.Conv2d(in_ch[i], channels[i], 3, padding=1) for i in range(len(self.layers)))
-        self.convs.load_state_dict({k: v for k, v in _as_modulelist(state).items()
-                                    if int(k.split(".")[0]) < len(self.layers)})
+            nn.Conv2d(state[f"conv{i}.weight"].shape[1], state[f"conv{i}.weight"].shape[0], 3,
+                      padding=1) for i in range(len(self.layers)))
+        self.convs.load_state_dict({k.removeprefix("conv"): v for k, v in state.items()
+                                    if int(k.split(".")[0][4:]) < len(self.layers)})
         self.requires_grad_(False)
         self.eval()
         if kind == "vgg19":  # Keras/Caffe convention: BGR, 0-255, mean subtracted
@@ -74,7 +72,3 @@ class LossNetwork(nn.Module):
     def train(self, mode: bool = True) -> LossNetwork:
         return super().train(False)  # always frozen, even inside a model put in train mode
 
-
-def _as_modulelist(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`conv3.weight` -> `3.weight` for the ModuleList."""
-    return {k.removeprefix("conv"): v for k, v in state.items()}

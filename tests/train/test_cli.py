@@ -1,0 +1,34 @@
+"""Every `python -m train` subcommand parses its flags and documents them."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.__main__ import COMMANDS, main
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_of_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: python -m train " + command in out
+    assert "(default:" in out or command == "info"
+
+
+def test_paper_defaults_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["style", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--iterations ITERATIONS, --max-iters ITERATIONS", "(default: 40000)",
+                 "(default: 256)", "(default: 0.001)", "(default: batch)", "(default: 4)"):
+        assert text in out
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["superres", "--loss", "pixel", "--data", str(tmp_path / "none"),
+              "--store", str(tmp_path)])
+    assert e.value.code == 2
+    assert "image folder" in capsys.readouterr().err
