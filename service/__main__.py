@@ -15,6 +15,7 @@ import uvicorn
 from service.app import create_app
 from service.lifecycle import Phase, Services
 from service.logs import configure_logging
+from service.middleware import bounded_http_protocol
 from service.settings import get_settings
 
 log = logging.getLogger("service")
@@ -66,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     services: Services = app.state.services
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, timeout_graceful_shutdown=settings.drain_timeout_s,
-                            log_level=settings.log_level)
+                            log_level=settings.log_level,
+                            # The request head, bounded in bytes (twice the app's URL + header
+                            # limits, which answer 414/431 below that) and in time.
+                            http=bounded_http_protocol(
+                                max_head_bytes=2 * (settings.max_url_bytes
+                                                    + settings.max_header_bytes),
+                                head_timeout_s=settings.header_timeout_s))
     server = DrainingServer(config, services)
     server.run()
     if services.lifecycle.phase is Phase.FAILED:

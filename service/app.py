@@ -7,9 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service import imaging
+from service.auth import ApiKeyAuth, KeyRing, document_security
 from service.errors import install_handlers
 from service.lifecycle import build_services
-from service.middleware import RequestContext
+from service.middleware import RequestContext, RequestLimits
+from service.ratelimit import RateLimit, make_limiter
 from service.routes import ops, transform
 from service.settings import Settings, get_settings
 
@@ -25,12 +28,18 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
   images are scaled to 8 bits; alpha is carried over to PNG/WebP output (JPEG output is
   composited on white). Animated or multi-page images are refused with 415.
 * Errors are JSON `{"error": {"code": ..., "message": ...}}`.
+* When the deployment configures API keys, `/v1/*` needs `Authorization: Bearer KEY` or
+  `X-API-Key: KEY` (401 otherwise); a per-key rate limit answers 429 with `Retry-After`.
 """
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     services = build_services(settings)
+    imaging.set_decoded_bytes_limit(settings.max_decoded_bytes)
+    limiter = make_limiter(rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
+                           redis_url=settings.redis_url, prefix=settings.redis_key_prefix,
+                           timeout_s=settings.redis_timeout_s, metrics=services.metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -39,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.stop()
+            if limiter is not None:
+                await limiter.close()
 
     app = FastAPI(title="Perceptual transform service", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan)
@@ -46,5 +57,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transform.router)
     app.include_router(ops.router)
     install_handlers(app, services.metrics)
+    # Added innermost first. A request meets: RequestContext (id, metrics, access log) ->
+    # RequestLimits (URL, headers) -> ApiKeyAuth -> RateLimit -> the routes; so a refusal costs
+    # no admission slot and no body read, and still gets its log line and request id.
+    if limiter is not None:
+        app.add_middleware(RateLimit, limiter=limiter, metrics=services.metrics)
+    api_keys, metrics_key = KeyRing(settings.api_keys), KeyRing(
+        [settings.metrics_api_key] if settings.metrics_api_key else [])
+    if api_keys or metrics_key:
+        app.add_middleware(ApiKeyAuth, api_keys=api_keys, metrics_key=metrics_key,
+                           metrics=services.metrics)
+    if api_keys:
+        document_security(app)
+    app.add_middleware(RequestLimits, max_url_bytes=settings.max_url_bytes,
+                       max_header_bytes=settings.max_header_bytes, metrics=services.metrics)
     app.add_middleware(RequestContext, metrics=services.metrics)
     return app

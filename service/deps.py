@@ -123,11 +123,13 @@ SuperResDep = Annotated[LoadedModel, Depends(superres_model)]
 OutputDep = Annotated[OutputOptions, Depends(output_options)]
 
 
-async def read_image(request: Request, max_body_bytes: int) -> bytes:
+async def read_image(request: Request, max_body_bytes: int,
+                     timeout_s: float | None = None) -> bytes:
     """The image bytes from a raw image/* body or the multipart field `image`.
 
     The content type and the declared length are checked before reading; the body is read up
-    to `max_body_bytes` and no further.
+    to `max_body_bytes` and no further, and must arrive within `timeout_s` (uvicorn has no body
+    read timeout: a client trickling bytes would hold its admission slot forever).
     """
     content_type = request.headers.get("content-type", "")
     mime = content_type.split(";")[0].strip().lower()
@@ -144,13 +146,17 @@ async def read_image(request: Request, max_body_bytes: int) -> bytes:
                                          f"the limit is {max_body_bytes}")
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise errors.PayloadTooLarge(f"the body is over the limit of {max_body_bytes} "
-                                             "bytes")
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise errors.PayloadTooLarge(f"the body is over the limit of "
+                                                 f"{max_body_bytes} bytes")
     except ClientDisconnect:
         raise errors.ClientDisconnected("the client went away while sending") from None
+    except TimeoutError:
+        raise errors.RequestTimeout(f"the body did not arrive within {timeout_s:g} s "
+                                    f"({len(body)} bytes received)") from None
     if mime == "multipart/form-data":
         return _multipart_image(content_type, bytes(body))
     return bytes(body)
@@ -193,17 +199,21 @@ def _multipart_image(content_type: str, body: bytes) -> bytes:
         parser.finalize()
     except Exception as e:
         raise errors.BadRequest(f"malformed multipart body: {e}") from None
-    for headers, data in parts:
-        _, disposition = parse_options_header(headers.get("content-disposition", ""))
-        if disposition.get(b"name") != b"image":
-            continue
-        part_type = headers.get("content-type", "").split(";")[0].strip().lower()
-        if part_type and part_type != "application/octet-stream" \
-                and part_type not in INPUT_CONTENT_TYPES:
-            raise errors.UnsupportedMediaType(
-                f"the image part has content type {part_type!r}; send an image")
-        return bytes(data)
-    raise errors.InvalidParameter("the multipart body has no field named 'image'")
+    images = [(headers, data) for headers, data in parts
+              if parse_options_header(headers.get("content-disposition", ""))[1].get(b"name")
+              == b"image"]
+    if not images:
+        raise errors.InvalidParameter("the multipart body has no field named 'image'")
+    if len(images) > 1:
+        raise errors.InvalidParameter(f"the multipart body has {len(images)} fields named "
+                                      "'image'; send one")
+    headers, data = images[0]
+    part_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if part_type and part_type != "application/octet-stream" \
+            and part_type not in INPUT_CONTENT_TYPES:
+        raise errors.UnsupportedMediaType(
+            f"the image part has content type {part_type!r}; send an image")
+    return bytes(data)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

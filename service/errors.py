@@ -40,6 +40,16 @@ class BadRequest(ServiceError):
     status, code, reason = 400, "bad_request", "bad_request"
 
 
+class Unauthorized(ServiceError):
+    """Missing or wrong API key. The message never says which keys exist or how close it was."""
+
+    status, code, reason = 401, "unauthorized", "unauthorized"
+
+    def __init__(self, message: str = "a valid API key is required: send "
+                                      "'Authorization: Bearer KEY' or 'X-API-Key: KEY'") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="api"'})
+
+
 class UnknownModel(ServiceError):
     status, code, reason = 404, "unknown_model", "not_found"
 
@@ -48,6 +58,26 @@ class PayloadTooLarge(ServiceError):
     """The body is over max_body_bytes; the connection is closed rather than read to the end."""
 
     status, code, reason = 413, "payload_too_large", "too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class RequestTimeout(ServiceError):
+    """The client sent the body (or the head) too slowly; the connection is not reused."""
+
+    status, code, reason = 408, "request_timeout", "timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class UrlTooLong(ServiceError):
+    status, code, reason = 414, "url_too_long", "too_large"
+
+
+class HeadersTooLarge(ServiceError):
+    status, code, reason = 431, "headers_too_large", "too_large"
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"Connection": "close"})
@@ -75,6 +105,12 @@ class QueueFull(ServiceError):
     status, code, reason = 429, "queue_full", "queue_full"
 
 
+class RateLimited(ServiceError):
+    """Over the per-key request rate; Retry-After says when a token is back."""
+
+    status, code, reason = 429, "rate_limited", "rate_limited"
+
+
 class ComputeFailed(ServiceError):
     status, code, reason = 500, "compute_failed", "compute_failed"
 
@@ -99,6 +135,13 @@ def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
                         headers=headers)
+
+
+def rejection(exc: ServiceError, metrics: Metrics) -> JSONResponse:
+    """The envelope for an error raised outside the routes (ASGI middleware), counted as the
+    handler below counts it: middleware sits outside FastAPI's exception handling."""
+    metrics.rejections.labels(reason=exc.reason).inc()
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:

@@ -2,7 +2,8 @@
 
 Input rules (documented in the API description):
 - Formats: PNG, JPEG, WebP, GIF, BMP, TIFF (detected from the bytes, not the content type).
-- The pixel limit is checked from the header before any pixel is decoded.
+- The limits are checked from the header before any pixel is decoded: pixels as the network
+  sees them (sides under 16 px are padded), output pixels, and the raster's bytes.
 - EXIF orientation is applied; metadata is not copied to the output.
 - Grayscale, bilevel, CMYK and palette images are converted to RGB; 16-bit images are scaled
   to 8 bits (value / 257); the output is always RGB(A) 8-bit.
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.registry import MIN_SIDE_PX
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 INPUT_CONTENT_TYPES = frozenset({
@@ -38,6 +40,25 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 def set_pixel_limit(max_pixels: int) -> None:
     """Pillow's own decompression-bomb limit, a second line behind our header check."""
     Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+# Process-wide like Pillow's MAX_IMAGE_PIXELS; set by create_app from max_decoded_bytes.
+_max_decoded_bytes: int | None = None
+
+
+def set_decoded_bytes_limit(max_bytes: int | None) -> None:
+    """The largest raster `decode` lets Pillow allocate (None: 4 bytes per allowed pixel)."""
+    global _max_decoded_bytes
+    _max_decoded_bytes = max_bytes
+
+
+def raster_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes Pillow allocates to hold an image of `mode` (1, 2 or 4 per pixel)."""
+    if mode in ("1", "L", "P"):
+        return width * height
+    if mode.startswith("I;16"):
+        return 2 * width * height
+    return 4 * width * height
 
 
 @dataclass(frozen=True)
@@ -64,10 +85,23 @@ def decode(data: bytes, *, max_pixels: int, scale: int = 1,
         if width * height > max_pixels:
             raise ImageTooLarge(f"the image is {width}x{height} = {width * height} pixels; "
                                 f"the limit is {max_pixels}")
-        out_pixels = width * height * scale * scale
+        # The network runs on the padded image: a 1 x 100000 strip costs 16 x 100000. (One
+        # padded tile, 16 x 16, is always allowed: no limit is meant to refuse a thumbnail.)
+        padded = max(width, MIN_SIDE_PX) * max(height, MIN_SIDE_PX)
+        if padded > max(max_pixels, MIN_SIDE_PX * MIN_SIDE_PX):
+            raise ImageTooLarge(f"the image is {width}x{height}, padded to at least "
+                                f"{MIN_SIDE_PX} px a side for the network = {padded} pixels; "
+                                f"the limit is {max_pixels}")
+        out_pixels = padded * scale * scale
         if max_output_pixels is not None and out_pixels > max_output_pixels:
-            raise ImageTooLarge(f"the output would be {width * scale}x{height * scale} = "
-                                f"{out_pixels} pixels; the limit is {max_output_pixels}")
+            raise ImageTooLarge(f"the output would be {width * scale}x{height * scale} "
+                                f"({out_pixels} pixels computed); the limit is "
+                                f"{max_output_pixels}")
+        max_bytes = _max_decoded_bytes if _max_decoded_bytes is not None else 4 * max_pixels
+        decoded = raster_bytes(im.mode, width, height)
+        if decoded > max_bytes:
+            raise ImageTooLarge(f"the {im.mode} image decodes to {decoded} bytes; the limit is "
+                                f"{max_bytes}")
         if getattr(im, "n_frames", 1) > 1:
             raise UnsupportedMediaType(f"animated or multi-page {im.format} images are not "
                                        "supported; send a single frame")

@@ -1,8 +1,12 @@
 """Per-request plumbing as plain ASGI (no BaseHTTPMiddleware, so streaming and disconnects pass
-through untouched): X-Request-ID, the latency histogram and one access log line."""
+through untouched): X-Request-ID, the latency histogram and one access log line; limits on the
+URL and header sizes; and the HTTP protocol that bounds the request head before any of it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
@@ -11,11 +15,13 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import errors
 from service.logs import request_id_var
 from service.metrics import Metrics
 
 log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_LOGGED_PATH_CHARS = 256   # a hostile 8 KB path must not become an 8 KB log line
 
 
 def _request_id(scope: Scope) -> str:
@@ -59,8 +65,118 @@ class RequestContext:
             model = str(state.get("model", ""))
             self.metrics.request_duration.labels(route=path, model=model,
                                                  status=str(status)).observe(elapsed_s)
-            log.info("%s %s %d", scope["method"], scope["path"], status, extra={
-                "method": scope["method"], "path": scope["path"], "status": status,
+            logged_path = scope["path"][:_LOGGED_PATH_CHARS]
+            log.info("%s %s %d", scope["method"], logged_path, status, extra={
+                "method": scope["method"], "path": logged_path, "status": status,
                 "duration_ms": round(elapsed_s * 1000, 2), "model": model or None,
                 "cache": state.get("cache")})
             request_id_var.reset(token)
+
+
+class RequestLimits:
+    """414 for a path + query string over `max_url_bytes`, 431 for headers over
+    `max_header_bytes` (names + values), before routing, auth or any body is read."""
+
+    def __init__(self, app: ASGIApp, *, max_url_bytes: int, max_header_bytes: int,
+                 metrics: Metrics) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            error = self._check(scope)
+            if error is not None:
+                await errors.rejection(error, self.metrics)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope) -> errors.ServiceError | None:
+        path = scope.get("raw_path") or scope["path"].encode()
+        url_bytes = len(path) + len(scope.get("query_string", b""))
+        if url_bytes > self.max_url_bytes:
+            return errors.UrlTooLong(f"the path and query string are {url_bytes} bytes; the "
+                                     f"limit is {self.max_url_bytes}")
+        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            return errors.HeadersTooLarge(f"the headers are {header_bytes} bytes; the limit is "
+                                          f"{self.max_header_bytes}")
+        return None
+
+
+def bounded_http_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with a bound on the request head, in bytes and in time.
+
+    uvicorn buffers a request's line and headers without limit before the app sees any of it
+    (a single 200 MB header value costs 400 MB of RSS) and waits forever for a head sent a
+    byte at a time. This subclass counts the bytes fed while a head is incomplete and answers
+    431 past `max_head_bytes`, and answers 408 when a head is not complete `head_timeout_s`
+    after the connection opened or the request's first byte arrived. Both close the connection.
+    Pass it as `uvicorn.Config(http=...)`.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHeadProtocol(HttpToolsProtocol):
+        _in_head = True
+        _head_bytes = 0
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if not self._in_head:
+                self._start_head()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._stop_head_timer()
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._in_head and not self.transport.is_closing():
+                self._head_bytes += len(data)
+                if self._head_bytes > max_head_bytes:
+                    self._refuse(errors.HeadersTooLarge(
+                        f"the request head is over {max_head_bytes} bytes"))
+
+        def _start_head(self) -> None:
+            self._in_head = True
+            self._head_bytes = 0
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(head_timeout_s, self._head_timed_out)
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self._in_head and not self.transport.is_closing():
+                self._refuse(errors.RequestTimeout(
+                    f"the request head was not complete within {head_timeout_s:g} s"))
+
+        def _refuse(self, error: errors.ServiceError) -> None:
+            log.warning("refused a request head: %s", error.message)
+            self._stop_head_timer()
+            if self.cycle is None or self.cycle.response_complete:   # not mid-response
+                body = json.dumps({"error": {"code": error.code, "message": error.message}})
+                self.transport.write(
+                    f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
+                    f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                    f"connection: close\r\n\r\n{body}".encode())
+            self.transport.close()
+
+    return BoundedHeadProtocol
+
+
+_REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store import SHIPPED_ROOT
@@ -41,6 +41,23 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 4096, ge=1, description="input pixels, from the header")
     max_output_pixels: int = Field(8192 * 8192, ge=1, description="super-resolution output")
     codec_threads: int = Field(2, ge=1, description="threads that decode and encode images")
+    max_decoded_bytes: int | None = Field(
+        None, ge=1, description="decoded raster (width x height x 1, 2 or 4 bytes by the "
+                                "file's mode), from the header; unset = 4 x max_pixels")
+    max_url_bytes: int = Field(8192, ge=64, description="path + query string; 414")
+    max_header_bytes: int = Field(16384, ge=256, description="all header names + values; 431")
+    header_timeout_s: float = Field(10.0, gt=0, description="to receive the request head; 408")
+    body_timeout_s: float = Field(30.0, gt=0, description="to receive the body; 408")
+
+    # Who may call (off by default: the embedded local run needs no key)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="comma-separated; non-empty = /v1/* needs a key")
+    metrics_api_key: SecretStr | None = Field(
+        None, description="if set, /metrics needs this key (probes stay open)")
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="requests per second per key (per client address without "
+                               "keys); 0 = no limit")
+    rate_limit_burst: int = Field(0, ge=0, description="bucket size; 0 = max(1, rate)")
 
     # Cache
     cache_bytes: int = Field(256 * MiB, ge=0, description="in-process LRU size; 0 disables")
@@ -65,7 +82,15 @@ class Settings(BaseSettings):
             return [n.strip() for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Accept "k1,k2" from the environment (or a Secret's file contents) as well as a list."""
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("redis_url", "metrics_api_key", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None

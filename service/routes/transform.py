@@ -34,9 +34,13 @@ IMAGE_BODY: dict[str, Any] = {"requestBody": {
                     "properties": {"image": {"type": "string", "format": "binary"}}}}},
 }}
 _errors = {
-    400: "undecodable image or malformed body", 404: "unknown style, factor or model",
-    413: "body or image over the size limit", 415: "unsupported content type or animated image",
-    422: "invalid parameter", 429: "queue full (see Retry-After)",
+    400: "undecodable image or malformed body",
+    401: "missing or wrong API key (when the deployment configures keys)",
+    404: "unknown style, factor or model", 408: "the body arrived too slowly",
+    413: "body or image over the size limit", 414: "path and query string over the limit",
+    415: "unsupported content type or animated image", 422: "invalid parameter",
+    429: "queue full, too many in flight or over the rate limit (see Retry-After)",
+    431: "headers over the limit",
     503: "starting, shutting down or out of memory", 504: "deadline passed before compute",
 }
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -65,7 +69,8 @@ async def superres(ticket: TicketDep, model: SuperResDep, options: OutputDep,
 
 async def _transform(request: Request, services: Services, model: LoadedModel,
                      options: OutputOptions, deadline: float) -> Response:
-    data = await read_image(request, services.settings.max_body_bytes)
+    data = await read_image(request, services.settings.max_body_bytes,
+                            services.settings.body_timeout_s)
     outcome = await unless_disconnected(
         request, services.inference.transform(model, data, options, deadline=deadline))
     request.state.cache = outcome.cache
