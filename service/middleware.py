@@ -121,6 +121,7 @@ def bounded_http_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type
         _in_head = True
         _head_bytes = 0
         _head_timer: asyncio.TimerHandle | None = None
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -141,6 +142,8 @@ def bounded_http_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type
             super().on_headers_complete()
 
         def data_received(self, data: bytes) -> None:
+            if self._refused:      # lingering after a refusal: read and drop
+                return
             super().data_received(data)
             if self._in_head and not self.transport.is_closing():
                 self._head_bytes += len(data)
@@ -166,17 +169,26 @@ def bounded_http_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type
                     f"the request head was not complete within {head_timeout_s:g} s"))
 
         def _refuse(self, error: errors.ServiceError) -> None:
+            """Answer, then linger: closing with unread input would send a TCP reset, which
+            can destroy the answer before the client reads it. So shut our side, drop what
+            still comes, and close when the client does or after `_LINGER_S`."""
             log.warning("refused a request head: %s", error.message)
             self._stop_head_timer()
-            if self.cycle is None or self.cycle.response_complete:   # not mid-response
-                body = json.dumps({"error": {"code": error.code, "message": error.message}})
-                self.transport.write(
-                    f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
-                    f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-                    f"connection: close\r\n\r\n{body}".encode())
-            self.transport.close()
+            self._refused = True
+            if self.cycle is not None and not self.cycle.response_complete:   # mid-response
+                self.transport.close()
+                return
+            body = json.dumps({"error": {"code": error.code, "message": error.message}})
+            self.transport.write(
+                f"HTTP/1.1 {error.status} {_REASONS[error.status]}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                f"connection: close\r\n\r\n{body}".encode())
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_S, self.transport.close)
 
     return BoundedHeadProtocol
 
 
+_LINGER_S = 1.0
 _REASONS = {408: "Request Timeout", 431: "Request Header Fields Too Large"}
