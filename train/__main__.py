@@ -15,6 +15,7 @@ COMMANDS = {
     "gatys": ("train.gatys", "stylise by optimisation (Gatys et al.), the paper's baseline"),
     "eval": ("train.evaluate", "PSNR/SSIM of bicubic and the shipped SR models on HR images"),
     "info": ("train.info", "parameter counts and GFLOPs of each architecture"),
+    "report": ("train.report", "measurements, gallery and README tables (docs/)"),
 }
 
 
