@@ -12,6 +12,7 @@ from model_store import StoreError
 COMMANDS = {
     "style": ("train.style_training", "train a style transfer network (§4.1)"),
     "superres": ("train.superres_training", "train a super-resolution network (§4.2)"),
+    "multistyle": ("train.multistyle_training", "train one network for many styles (CIN)"),
     "gatys": ("train.gatys", "stylise by optimisation (Gatys et al.), the paper's baseline"),
     "eval": ("train.evaluate", "PSNR/SSIM of bicubic and the shipped SR models on HR images"),
     "info": ("train.info", "parameter counts and GFLOPs of each architecture"),

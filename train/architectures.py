@@ -7,12 +7,14 @@ from typing import Any
 
 from torch import nn
 
+from train.multistyle_net import MultiStyleNet
 from train.style_net import StyleNet
 from train.superres_net import SuperResNet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "style": StyleNet,
     "superres": SuperResNet,
+    "multistyle": MultiStyleNet,
 }
 
 

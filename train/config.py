@@ -78,3 +78,13 @@ def from_args(cls: type, args) -> TrainConfig:
     import dataclasses
 
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class MultiStyleConfig(StyleConfig):
+    styles: str = opt("udnie,candy,mosaic,rain_princess,starry_night,the_wave",
+                      "comma-separated style names, one painting <style-dir>/<name>.jpg each")
+    style_dir: str = opt("../shared/data/styles", "folder of the style paintings")
+    style_weights: str = opt("", "comma list of lambda_s per style (default: --style-weight)")
+    teachers: str = opt("", "store of per-style networks to distil from instead of the "
+                        "perceptual losses (a pixel loss against the teacher's output)")

@@ -1,0 +1,116 @@
+"""`python -m train multistyle`: one conditional-instance-norm network for N styles.
+
+Each step trains one style, drawn at random, on a batch of photos (Dumoulin et al. 2017), with
+the same perceptual losses as `python -m train style`, or, with `--teachers STORE`, by distilling
+the per-style networks already trained (much cheaper: no loss network).
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from train import data, distributed, loop
+from train.config import MultiStyleConfig, StyleConfig, add_arguments, from_args
+from train.losses import pixel_loss
+from train.multistyle_net import MultiStyleNet
+from train.style_training import StyleObjective, load_loss_network, load_style_image
+
+
+class MultiStyleObjective(nn.Module):
+    """Draw a style for the batch, then apply that style's objective to net(x, one-hot)."""
+
+    def __init__(self, per_style: list[nn.Module], seed: int) -> None:
+        super().__init__()
+        self.per_style = nn.ModuleList(per_style)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def forward(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = int(torch.randint(len(self.per_style), (1,), generator=self.gen))
+        mix = torch.zeros(x.shape[0], len(self.per_style), device=x.device)
+        mix[:, s] = 1
+        return self.per_style[s](partial(net, mix=mix), x)
+
+
+class Distillation(nn.Module):
+    """Pixel loss against a trained single-style network's output."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher.requires_grad_(False).eval()
+
+    def forward(self, net, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            target = self.teacher(x)
+        return {"distil": pixel_loss(net(x), target)}
+
+
+def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
+    add_arguments(parser, MultiStyleConfig)
+
+
+def main(args: argparse.Namespace) -> int:
+    run(from_args(MultiStyleConfig, args))  # type: ignore[arg-type]
+    return 0
+
+
+def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
+    styles = cfg.styles.split(",")
+    name = cfg.name or "multistyle"
+    device = loop.pick_device(cfg.device)
+    world = distributed.setup(device)
+    torch.manual_seed(cfg.seed)
+    options = {"styles": styles, "upsample": cfg.upsample, "padding": cfg.padding}
+    if cfg.teachers:
+        from model_store import ModelStore
+
+        teachers = ModelStore(cfg.teachers)
+        nets = [teachers.load(s)[0] for s in styles]
+        first = teachers.manifest(styles[0]).options  # the student copies the teachers' layers
+        options.update(upsample=first.get("upsample", "transposed"),
+                       padding=first.get("padding", "zero"))
+        net = MultiStyleNet(**options)
+        if not cfg.init_from:  # warm start: every style begins as the first teacher
+            net.init_from_single(nets[0])
+        per_style: list[nn.Module] = [Distillation(t.to(device)) for t in nets]
+        loss_network = "none (distilled from " + ", ".join(
+            f"{s}:{teachers.manifest(s).sha256[:12]}" for s in styles) + ")"
+    else:
+        net = MultiStyleNet(**options)
+        weights = ([float(w) for w in cfg.style_weights.split(",")] if cfg.style_weights
+                   else [cfg.style_weight] * len(styles))
+        if len(weights) != len(styles):
+            raise ValueError(f"{len(weights)} style weights for {len(styles)} styles")
+        vgg = load_loss_network(cfg).to(device)
+        per_style = []
+        for style, weight in zip(styles, weights, strict=True):
+            painting = load_style_image(str(Path(cfg.style_dir) / f"{style}.jpg"),
+                                        cfg.style_size or cfg.image_size).to(device)
+            one = StyleConfig(**{**_style_fields(cfg), "style_weight": weight})
+            per_style.append(StyleObjective(vgg, painting, one))
+        loss_network = f"{vgg.kind}-imagenet"
+    objective = MultiStyleObjective(per_style, cfg.seed)
+    images = data.load_folder(cfg.data, short_side=cfg.image_size)
+    init_from = loop.init_weights(cfg, net)
+    result = loop.fit(cfg, net, objective,
+                      lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+                      device, world, name)
+    if world.main:
+        manifest = loop.store_result(
+            cfg, net, result, name=name, task="style", architecture="multistyle",
+            options=options, loss_network=loss_network, data_images=len(images),
+            device=device, init_from=init_from)
+        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
+    distributed.teardown()
+    return net, result
+
+
+def _style_fields(cfg: MultiStyleConfig) -> dict:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(StyleConfig)}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}
