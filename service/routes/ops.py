@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import ServicesDep
 from service.lifecycle import Phase
-from service.schemas import Health, ModelInfo, ModelList, Readiness
+from service.schemas import ErrorResponse, Health, ModelInfo, ModelList, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -30,13 +30,18 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                       401: {"model": ErrorResponse,
+                             "description": "missing or wrong key, when a metrics key is set"}})
 async def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["transform"],
-            summary="The loaded models")
+            summary="The loaded models", responses={
+                401: {"model": ErrorResponse,
+                      "description": "missing or wrong API key (when keys are configured)"},
+                429: {"model": ErrorResponse, "description": "over the rate limit"}})
 async def list_models(services: ServicesDep) -> ModelList:
     return ModelList(models=[
         ModelInfo(name=m.name, task=m.task, factor=m.manifest.factor, device=str(m.device),
