@@ -190,15 +190,18 @@ def _multipart_image(content_type: str, body: bytes) -> bytes:
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1][1].extend(data[start:end])
 
+    ended: list[bool] = []
     try:
         parser = MultipartParser(boundary, {
             "on_part_begin": on_part_begin, "on_header_field": on_header_field,
             "on_header_value": on_header_value, "on_header_end": on_header_end,
-            "on_part_data": on_part_data})
+            "on_part_data": on_part_data, "on_end": lambda: ended.append(True)})
         parser.write(body)
         parser.finalize()
     except Exception as e:
         raise errors.BadRequest(f"malformed multipart body: {e}") from None
+    if not ended:   # a cut-off upload: its last part may be cut off too
+        raise errors.BadRequest("malformed multipart body: no closing boundary")
     images = [(headers, data) for headers, data in parts
               if parse_options_header(headers.get("content-disposition", ""))[1].get(b"name")
               == b"image"]

@@ -22,6 +22,7 @@ import torch
 import uvicorn
 from torch import nn
 
+from bench.hostile import Limits, corpus, send
 from service.app import create_app
 from service.middleware import bounded_http_protocol
 from tests.helpers import images
@@ -229,6 +230,7 @@ async def bounded_server(settings, **protocol: float) -> AsyncIterator[str]:  # 
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         await until(lambda: server.started or task.done(), what="uvicorn to start")
+        await app.state.services.wait_ready()
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
@@ -269,3 +271,33 @@ async def test_the_server_bounds_the_request_head_in_bytes_and_time(make_setting
                 assert (await client.get("/healthz")).status_code == 200
             await asyncio.sleep(0.7)                     # idle past the head timeout: fine
             assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # we refuse those
+async def test_the_hostile_corpus_gets_the_answers_it_is_owed(make_settings) -> None:
+    """Every case of bench/hostile.py (the corpus `python -m bench reliability` reports on)
+    gets its expected status and error code, in time; nothing is a 5xx; nothing stays."""
+    limits = Limits(max_body_bytes=8 * 2**20, max_pixels=256 * 256, max_url_bytes=4096,
+                    max_header_bytes=8192, body_timeout_s=0.5, header_timeout_s=0.5)
+    settings = make_settings(max_body_bytes=limits.max_body_bytes, max_pixels=limits.max_pixels,
+                             max_url_bytes=limits.max_url_bytes,
+                             max_header_bytes=limits.max_header_bytes,
+                             body_timeout_s=limits.body_timeout_s,
+                             header_timeout_s=limits.header_timeout_s)
+    cases = corpus(limits, style="udnie", factor=4)
+    assert len(cases) >= 40
+    async with bounded_server(settings, max_head_bytes=2 * (limits.max_url_bytes
+                                                             + limits.max_header_bytes),
+                              head_timeout_s=limits.header_timeout_s) as url:
+        parts = urlsplit(url)
+        wrong = []
+        for case in cases:
+            outcome = await send(parts.hostname, parts.port, case, timeout_s=30)
+            if not outcome.matches(case):
+                wrong.append(f"{case.name}: expected {case.status} {case.code}, got "
+                             f"{outcome.status} {outcome.code} {outcome.error or ''}")
+        assert not wrong, "\n".join(wrong)
+        async with httpx.AsyncClient(base_url=url) as client:
+            text = (await client.get("/metrics")).text
+        assert "service_inflight_requests 0.0" in text
+        assert 'status="5' not in text
