@@ -39,8 +39,16 @@ class Ticket:
 
 
 async def admit(services: ServicesDep) -> AsyncIterator[Ticket]:
-    """Refuse while starting, draining or overloaded; else count the request as in flight."""
+    """Refuse while starting, draining or overloaded; else count the request as in flight.
+
+    A full batch queue refuses here too, before the body is read or decoded: under overload
+    a 429 then costs neither the upload's memory nor a decode (the batcher still checks, for
+    requests admitted while the queue had room)."""
     services.lifecycle.check_accepting(services.settings.max_inflight)
+    queued, limit = services.batcher.queued, services.settings.queue_limit
+    if queued >= limit:
+        raise errors.QueueFull(f"the server is busy: {queued} requests are already queued "
+                               f"(limit {limit}); retry later", headers={"Retry-After": "1"})
     with services.lifecycle.admitted():
         yield Ticket(time.monotonic() + services.settings.request_timeout_s)
 
