@@ -243,6 +243,32 @@ PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pa
 TEXT = b"hello, this is not an image\n"
 
 
+def register_image_strategies() -> None:
+    """Teach schemathesis (a test extra) to send real small images where the schema says
+    image/* or `format: binary`, so that valid generated requests reach the model instead of
+    stopping at 400. Registration is global to schemathesis in this process."""
+    import schemathesis
+    from hypothesis import strategies as st
+
+    def image(width: int, height: int, mode: str, fmt: str, seed: int) -> bytes:
+        noise = np.random.default_rng(seed).integers(0, 256, (height, width, 4), np.uint8)
+        return encode(Image.fromarray(noise, "RGBA").convert(mode), fmt)
+
+    def images(fmt: str, modes: tuple[str, ...]) -> st.SearchStrategy[bytes]:
+        return st.builds(image, st.integers(1, 40), st.integers(1, 40), st.sampled_from(modes),
+                         st.just(fmt), st.integers(0, 2**16))
+
+    aliases = {"image/jpeg": ("image/jpg", "image/pjpeg"), "image/bmp": ("image/x-ms-bmp",)}
+    for media, fmt, modes in [
+        ("image/png", "PNG", ("RGB", "RGBA", "L", "P")), ("image/jpeg", "JPEG", ("RGB", "L")),
+        ("image/webp", "WEBP", ("RGB", "RGBA")), ("image/gif", "GIF", ("P", "L")),
+        ("image/bmp", "BMP", ("RGB", "L")), ("image/tiff", "TIFF", ("RGB", "RGBA")),
+    ]:
+        schemathesis.openapi.media_type(media, images(fmt, modes),
+                                        aliases=aliases.get(media, ()))
+    schemathesis.openapi.format("binary", images("PNG", ("RGB", "RGBA")))
+
+
 # -- the corpus ----------------------------------------------------------------------------------
 
 def corpus(limits: Limits, *, style: str, factor: int) -> list[Case]:

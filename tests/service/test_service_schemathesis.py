@@ -2,13 +2,12 @@
 from the schema (valid and invalid parameters, bodies, content types), no response is a 5xx and
 every response matches the schema (status, content type, headers, body).
 
-Image bodies come from a strategy that makes real small images, so that valid requests reach
-the model rather than stopping at 400. Examples are bounded and derandomized: repeatable runs
-of a few seconds."""
+Image bodies come from a strategy that makes real small images (bench/hostile.py), so that
+valid requests reach the model rather than stopping at 400. Examples are bounded and
+derandomized: repeatable runs of a few seconds."""
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,45 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 from schemathesis import GenerationMode
 
+from bench.hostile import register_image_strategies
 from service.app import create_app
 from service.middleware import bounded_http_protocol
 from service.settings import Settings
 
 EXAMPLES = 20
 API_KEY = "schemathesis-key-0042"
-
-
-def _image(width: int, height: int, mode: str, fmt: str, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    im = Image.fromarray(rng.integers(0, 256, (height, width, 4), np.uint8), "RGBA").convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, fmt)
-    return buf.getvalue()
-
-
-def images(fmt: str, modes: tuple[str, ...]) -> st.SearchStrategy[bytes]:
-    return st.builds(_image, st.integers(1, 40), st.integers(1, 40), st.sampled_from(modes),
-                     st.just(fmt), st.integers(0, 2**16))
-
-
-for media, fmt, modes in [
-    ("image/png", "PNG", ("RGB", "RGBA", "L", "P")), ("image/jpeg", "JPEG", ("RGB", "L")),
-    ("image/webp", "WEBP", ("RGB", "RGBA")), ("image/gif", "GIF", ("P", "L")),
-    ("image/bmp", "BMP", ("RGB", "L")), ("image/tiff", "TIFF", ("RGB", "RGBA")),
-]:
-    aliases = {"image/jpeg": ("image/jpg", "image/pjpeg"), "image/bmp": ("image/x-ms-bmp",)}
-    schemathesis.openapi.media_type(media, images(fmt, modes), aliases=aliases.get(media, ()))
-# The multipart field `image` (format: binary) gets real images too.
-schemathesis.openapi.format("binary", images("PNG", ("RGB", "RGBA")))
+register_image_strategies()
 
 
 @dataclass
