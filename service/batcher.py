@@ -1,15 +1,24 @@
 """A dynamic batcher: concurrent requests with the same key share one call of `run_batch`.
 
 It knows nothing of images or HTTP. Requests wait in a queue per key until the batch is full
-(`max_batch_size`, or `max_batch_cost` such as a pixel budget) or the oldest has waited
-`max_wait_ms`. One worker thread runs the batches one after another (one worker per device),
-so the event loop never blocks on compute. In the style of Ray Serve's @serve.batch.
+(`max_batch_size` or the key's `batch_limit`, or `max_batch_cost` such as a pixel budget) or the
+oldest has waited `max_wait_ms`. Worker threads run the batches, so the event loop never blocks
+on compute. In the style of Ray Serve's @serve.batch.
+
+Lanes: by default one batch runs at a time (one worker per device). `use_lanes(n, on_lanes)`
+lets up to n batches run at once, for a CPU where n single-image forwards on 1/n of the threads
+each beat one forward on all of them. A batch that would run alone takes every lane (all the
+threads: the lowest latency); when several are ready they take equal shares, and later ones
+join at that share while any runs. `on_lanes(k)` is called on the worker thread before each
+batch with the lanes it holds (e.g. to set the thread count); concurrent batches always hold
+equal shares, so a process-wide setting such as torch's thread count fits all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -74,11 +83,13 @@ class Batcher(Generic[K, P, R]):
     def __init__(self, run_batch: Callable[[K, list[P]], Sequence[R]], *,
                  max_batch_size: int, max_wait_ms: float, queue_limit: int,
                  max_batch_cost: int | None = None,
+                 batch_limit: Callable[[K], int] | None = None,
                  label: Callable[[K], str] = str,
                  is_oom: Callable[[BaseException], bool] = lambda e: False,
                  observer: BatchObserver | None = None) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
+        self._batch_limit = batch_limit
         self.max_wait_s = max_wait_ms / 1000
         self.queue_limit = queue_limit
         self.max_batch_cost = max_batch_cost if max_batch_cost is not None else math.inf
@@ -92,7 +103,12 @@ class Batcher(Generic[K, P, R]):
         self._flush = False      # drain: run what is queued without waiting for more
         self._closed = False
         self._worker: asyncio.Task[None] | None = None
-        # One thread: the device runs one batch at a time, in arrival order.
+        self.lanes = 1
+        self._on_lanes: Callable[[int], None] | None = None
+        self._busy = 0           # lanes held by running batches
+        self._share = 1          # lanes each running batch holds
+        self._running: set[asyncio.Task[None]] = set()
+        # One thread per lane: the device runs one batch at a time unless use_lanes says more.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-worker")
 
     @property
@@ -102,6 +118,22 @@ class Batcher(Generic[K, P, R]):
     def start(self) -> None:
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="batcher")
+
+    def use_lanes(self, lanes: int, on_lanes: Callable[[int], None] | None = None) -> None:
+        """Let up to `lanes` batches run at once (see the module docstring). Call it before any
+        batch has run."""
+        if self._running:
+            raise RuntimeError("use_lanes is for start-up, before any batch runs")
+        self.lanes, self._on_lanes = max(1, lanes), on_lanes
+        self._executor.shutdown(wait=False)
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes,
+                                            thread_name_prefix="batch-worker")
+
+    def limit(self, key: K) -> int:
+        """The largest batch formed for `key`."""
+        if self._batch_limit is None:
+            return self.max_batch_size
+        return max(1, min(self.max_batch_size, self._batch_limit(key)))
 
     async def submit(self, key: K, payload: P, *, deadline: float = math.inf,
                      cost: int = 1) -> Done[R]:
@@ -167,17 +199,42 @@ class Batcher(Generic[K, P, R]):
     async def _work(self) -> None:
         while True:
             key, wait_s = self._pick()
-            if key is not None:
-                try:
-                    await self._run(key, self._take(key))
-                except Exception:  # never let the worker die; callers already got the error
-                    log.exception("batch worker error")
-                continue
-            if self._closed and self._queued == 0:
+            while key is not None and self._busy + self._next_share() <= self.lanes:
+                share = self._next_share()
+                self._busy += share
+                task = asyncio.create_task(self._run(key, self._take(key), share))
+                self._running.add(task)
+                task.add_done_callback(functools.partial(self._finished, share=share))
+                key, wait_s = self._pick()
+            if self._closed and self._queued == 0 and not self._running:
                 return
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait_s)
+            with contextlib.suppress(TimeoutError):   # a ready key waits for a lane to free
+                await asyncio.wait_for(self._wakeup.wait(), None if key is not None else wait_s)
+
+    def _finished(self, task: asyncio.Task[None], share: int) -> None:
+        self._running.discard(task)
+        self._busy -= share
+        if not task.cancelled() and task.exception() is not None:
+            # never let the worker die; callers already got the error
+            log.error("batch worker error", exc_info=task.exception())
+        self._wakeup.set()
+
+    def _next_share(self) -> int:
+        """Lanes for the next batch: all of them if it would run alone, else an equal share;
+        fixed while any batch runs, so that concurrent batches hold equal shares."""
+        if self._busy == 0:
+            ready = sum(math.ceil(len(q) / self.limit(k))  # type: ignore[arg-type]
+                        for k, q in self._queues.items() if self._is_ready(k, q, time.monotonic()))
+            self._share = self.lanes // min(self.lanes, max(1, ready))
+        return self._share
+
+    def _is_ready(self, key: Hashable, queue: deque[_Pending], now: float) -> bool:
+        if not queue:
+            return False
+        full = (len(queue) >= self.limit(key)  # type: ignore[arg-type]
+                or sum(p.cost for p in queue) >= self.max_batch_cost)
+        return self._flush or full or queue[0].enqueued_at + self.max_wait_s <= now
 
     def _pick(self) -> tuple[Hashable | None, float | None]:
         """The ready key whose oldest request is oldest, else how long until one is due."""
@@ -187,14 +244,11 @@ class Batcher(Generic[K, P, R]):
             if not queue:
                 continue
             oldest = queue[0].enqueued_at
-            due = oldest + self.max_wait_s
-            full = (len(queue) >= self.max_batch_size
-                    or sum(p.cost for p in queue) >= self.max_batch_cost)
-            if self._flush or full or due <= now:
+            if self._is_ready(key, queue, now):
                 if oldest < best_age:
                     best, best_age = key, oldest
             else:
-                next_due = min(next_due, due)
+                next_due = min(next_due, oldest + self.max_wait_s)
         if best is not None:
             return best, None
         return None, (None if next_due == math.inf else max(0.0, next_due - now))
@@ -205,7 +259,8 @@ class Batcher(Generic[K, P, R]):
         now = time.monotonic()
         batch: list[_Pending] = []
         cost = 0
-        while queue and len(batch) < self.max_batch_size:
+        limit = self.limit(key)  # type: ignore[arg-type]
+        while queue and len(batch) < limit:
             pending = queue[0]
             if batch and cost + pending.cost > self.max_batch_cost:
                 break
@@ -224,14 +279,14 @@ class Batcher(Generic[K, P, R]):
             del self._queues[key]
         return batch
 
-    async def _run(self, key: Hashable, batch: list[_Pending]) -> None:
+    async def _run(self, key: Hashable, batch: list[_Pending], lanes: int = 1) -> None:
         if not batch:
             return
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
             outputs = await loop.run_in_executor(
-                self._executor, self._run_split, key, [p.payload for p in batch])
+                self._executor, self._run_on_lanes, key, [p.payload for p in batch], lanes)
         except Exception as e:  # every caller of the batch gets the error; the worker goes on
             for pending in batch:
                 if not pending.future.done():
@@ -245,6 +300,11 @@ class Batcher(Generic[K, P, R]):
         if self._observer is not None:
             self._observer.batch_done(self._label(key),  # type: ignore[arg-type]
                                       [started - p.enqueued_at for p in batch], compute_s)
+
+    def _run_on_lanes(self, key: K, payloads: list[P], lanes: int) -> list[R]:
+        if self._on_lanes is not None:
+            self._on_lanes(lanes)
+        return self._run_split(key, payloads)
 
     def _run_split(self, key: K, payloads: list[P]) -> list[R]:
         """Run on the worker thread; on out-of-memory retry the two halves separately."""

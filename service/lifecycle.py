@@ -141,6 +141,13 @@ class Services:
             self.metrics.model_info.labels(name=m.name, task=m.task, factor=factor,
                                            device=str(m.device), dtype=m.dtype_name,
                                            digest=m.digest).set(1)
+            for choice in m.policy.sizes or [m.policy.default]:
+                self.metrics.policy_max_batch.labels(
+                    model=m.name, side=str(choice.side), path=choice.path,
+                    source=m.policy.source).set(choice.max_batch)
+        self.metrics.policy_lanes.set(self.registry.lanes)
+        if self.registry.lanes > 1:
+            self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes)
         if self.registry.device.type == "cuda":
             self.metrics.watch_gpu_memory(self.registry.gpu_memory_bytes)
         if self.lifecycle.phase is Phase.STARTING:
@@ -170,7 +177,11 @@ def build_services(settings: Settings) -> Services:
     """Wire the parts together; nothing connects or loads until `start`."""
     set_pixel_limit(settings.max_pixels)
     metrics = Metrics()
-    registry = Registry(settings.model_store, settings.models, settings.device, settings.dtype)
+    registry = Registry(settings.model_store, settings.models, settings.device, settings.dtype,
+                        policy=settings.batch_policy, policy_sizes=settings.policy_sizes,
+                        policy_budget_s=settings.policy_budget_s,
+                        max_batch_size=settings.max_batch_size,
+                        max_batch_pixels=settings.max_batch_pixels)
 
     def run_batch(key: tuple[str, int, int], images: list[np.ndarray]) -> list[np.ndarray]:
         model = registry.get(key[0])
@@ -181,7 +192,8 @@ def build_services(settings: Settings) -> Services:
     batcher: Batcher[tuple[str, int, int], np.ndarray, np.ndarray] = Batcher(
         run_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
         queue_limit=settings.queue_limit, max_batch_cost=settings.max_batch_pixels,
-        label=_model_of, is_oom=is_oom, observer=_BatchMetrics(metrics))
+        batch_limit=registry.max_batch, label=_model_of, is_oom=is_oom,
+        observer=_BatchMetrics(metrics))
     cache = make_cache(redis_url=settings.redis_url, cache_bytes=settings.cache_bytes,
                        cache_ttl_s=settings.cache_ttl_s,
                        cache_max_value_bytes=settings.cache_max_value_bytes,

@@ -52,6 +52,13 @@ class Metrics:
         self.model_info = Gauge(
             "service_model_info", "Loaded models (value 1)",
             ["name", "task", "factor", "device", "dtype", "digest"], registry=r)
+        self.policy_max_batch = Gauge(
+            "service_policy_max_batch", "Largest batch formed for inputs near side x side "
+            "(side 0: any size), and the execution path, as the batch policy chose",
+            ["model", "side", "path", "source"], registry=r)
+        self.policy_lanes = Gauge(
+            "service_policy_lanes", "Forward passes that may run at once on the device, "
+            "the CPU threads split between them", registry=r)
         self.gpu_memory = Gauge(
             "service_gpu_memory_bytes", "GPU memory allocated by torch", registry=r)
 

@@ -1,14 +1,19 @@
 """The loaded models: every model of the store, on the device, warmed up, ready to run.
 
 Knows nothing of HTTP, caching or metrics: it turns uint8 pixel arrays into uint8 pixel arrays.
+With `policy="measure"` it also decides how each model runs on this device (`service.policy`):
+the execution path and the largest batch per common input size, and on a CPU how many forward
+passes run at once ("lanes"), which the batcher follows.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,9 @@ import torch
 from torch import nn
 
 from model_store import Manifest, ModelStore
+from service import execution
+from service import policy as policies
+from service.policy import ModelPolicy
 
 log = logging.getLogger("service.registry")
 
@@ -46,9 +54,11 @@ def is_oom(e: BaseException) -> bool:
 class LoadedModel:
     name: str
     manifest: Manifest
-    module: nn.Module
+    module: nn.Module            # as loaded (device, dtype): the base path runs it
     device: torch.device
     dtype: torch.dtype
+    policy: ModelPolicy = field(default_factory=lambda: policies.fixed_policy("base", 8))
+    runners: dict[str, execution.Runner] = field(default_factory=dict)  # other paths in use
 
     @property
     def task(self) -> str:
@@ -67,15 +77,24 @@ class LoadedModel:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
+    def run_module(self, x: torch.Tensor) -> torch.Tensor:
+        """The base path: `module` as loaded (looked up at each call, so it can be swapped).
+        channels_last on CUDA; on the CPU it is slower with instance norm (bench model)."""
+        with torch.inference_mode():
+            x = x.to(self.dtype)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x)
+
     def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """(H, W, 3) uint8 arrays of one shape -> outputs, (fH, fW, 3) uint8. Thread-safe enough
-        for one worker per device, which is how the batcher calls it."""
+        """(H, W, 3) uint8 arrays of one shape -> outputs, (fH, fW, 3) uint8, on the path the
+        policy chose for that size. Thread-safe: the batcher's lanes call it concurrently."""
         x = torch.from_numpy(np.stack(images))                 # (N, H, W, 3) uint8
+        runner = self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
         try:
             with torch.inference_mode():
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-                x = (x.to(self.dtype) / 255).contiguous(memory_format=torch.channels_last)
-                y = self.module(x)
+                y = runner((x.float() / 255).contiguous())
                 y = (y.float().clamp(0, 1) * 255).round().to(torch.uint8)
                 y = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
@@ -85,30 +104,111 @@ class LoadedModel:
 
 
 class Registry:
-    """Loads the store's models (all, or `names`) onto one device."""
+    """Loads the store's models (all, or `names`) onto one device.
+
+    `policy="fixed"`: every model runs its module with batches up to `max_batch_size`, one at a
+    time. `policy="measure"`: see `service.policy`; `policy_sizes` are output sides (the
+    super-resolution models are measured at the matching low-resolution inputs).
+    """
 
     def __init__(self, store_root: Path | str, names: Sequence[str] = (), device: str = "auto",
-                 dtype: str = "auto") -> None:
+                 dtype: str = "auto", *, policy: str = "fixed",
+                 policy_sizes: Sequence[int] = (256, 512), policy_budget_s: float = 8.0,
+                 max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512) -> None:
         self.store = ModelStore(store_root)
         self.wanted = list(names)
         self.device = resolve_device(device)
+        self.dtype_setting = dtype
         self.dtype = resolve_dtype(dtype, self.device)
+        self.policy = policy
+        self.policy_sizes = sorted(policy_sizes)
+        self.policy_budget_s = policy_budget_s
+        self.max_batch_size = max_batch_size
+        self.max_batch_pixels = max_batch_pixels
+        self.threads = torch.get_num_threads()
+        self.lanes = 1            # forward passes at once (CPU; chosen by the measured policy)
         self._models: dict[str, LoadedModel] = {}
+        self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
+        self._lane_rates: list[dict[int, float]] = []
+
+    @property
+    def base_path(self) -> str:
+        return execution.base_path(self.device, self.dtype)
 
     def load_all(self) -> list[LoadedModel]:
-        """Load, convert and warm up every model (blocking; call from a thread)."""
+        """Load, convert, measure and warm up every model (blocking; call from a thread)."""
         names = self.wanted or self.store.names()
+        self.threads = torch.get_num_threads()
         for name in names:
             started = time.monotonic()
             module, manifest = self.store.load(name)
-            module = module.to(self.device, self.dtype, memory_format=torch.channels_last).eval()
-            model = LoadedModel(name, manifest, module, self.device, self.dtype)
+            cl = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+            module = module.to(self.device, self.dtype, memory_format=cl).eval()
+            model = LoadedModel(name, manifest, module, self.device, self.dtype,
+                                policies.fixed_policy(self.base_path, self.max_batch_size))
+            if self.policy == "measure" and self.policy_sizes:
+                self._measure(model)
             side = 4 * MIN_SIDE_PX if model.task == "style" else MIN_SIDE_PX
             model.run([np.zeros((side, side, 3), np.uint8)])   # warm-up: kernels, allocator
             self._models[name] = model
-            log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs", name, model.task,
-                     model.factor, self.device, model.dtype_name, time.monotonic() - started)
+            log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
+                     name, model.task, model.factor, self.device, model.dtype_name,
+                     time.monotonic() - started,
+                     [(s.side, s.path, s.max_batch) for s in model.policy.sizes]
+                     or model.policy.default)
+        if self._lane_rates:
+            self.lanes = policies.choose_lanes(self._lane_rates)
+            log.info("lanes: %d (images/s by lanes: %s)", self.lanes, self._lane_rates)
         return self.models()
+
+    def _measure(self, model: LoadedModel) -> None:
+        """Choose `model`'s paths and batch sizes; the first model of an architecture is timed,
+        the others only checked for accuracy (the weights do not change the cost)."""
+        started = time.monotonic()
+        arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
+        first = self._measured.get(arch)
+        runners = {self.base_path: model.run_module, **execution.candidates(
+            model.module, self.device, self.dtype_setting, self.dtype,
+            only=None if first is None else first.policy.paths())}
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            reference: execution.Runner = model.run_module
+        else:
+            fp32 = copy.deepcopy(model.module).float()
+            reference = execution.TorchRunner(
+                fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
+        sides = sorted({max(MIN_SIDE_PX, s // model.factor) for s in self.policy_sizes})
+        errors = policies.check_errors(runners, reference,
+                                       policies.test_image(sides[0]).to(self.device))
+        if first is None:
+            model.policy = policies.measure(
+                runners, errors, self.device, sides, base=self.base_path,
+                max_batch=self.max_batch_size, max_pixels=self.max_batch_pixels,
+                budget_s=self.policy_budget_s)
+            if self.device.type == "cpu" and self.threads > 1:
+                choice = model.policy.sizes[0]
+                model.policy.lanes_images_per_s = policies.measure_lanes(
+                    runners[choice.path], choice.side, self.threads,
+                    [n for n in (1, 2, 4) if n <= self.threads and self.threads % n == 0],
+                    solo_batch=choice.max_batch)
+                self._lane_rates.append(model.policy.lanes_images_per_s)
+            self._measured[arch] = model
+        else:
+            model.policy = policies.adopt(first.policy, errors, base=self.base_path,
+                                          source=f"shared with {first.name}")
+        model.policy.warmup_s = time.monotonic() - started
+        model.runners = {p: runners[p] for p in model.policy.paths() if p != self.base_path}
+
+    def max_batch(self, key: tuple[str, int, int]) -> int:
+        """The batcher's limit for a (model, height, width) key."""
+        model = self._models.get(key[0])
+        if model is None:
+            return self.max_batch_size
+        return model.policy.choose(key[1], key[2]).max_batch
+
+    def use_lanes(self, lanes: int) -> None:
+        """On a batch worker, before a batch that holds `lanes` of the `self.lanes` lanes."""
+        if self.device.type == "cpu" and self.lanes > 1:
+            execution.use_threads(max(1, self.threads * lanes // self.lanes))
 
     def models(self) -> list[LoadedModel]:
         return [self._models[n] for n in sorted(self._models)]

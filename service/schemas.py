@@ -16,6 +16,30 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class SizePolicyInfo(BaseModel):
+    side: int = Field(description="input side measured (square); requests use the nearest by "
+                                  "pixel count; 0 = any size (nothing measured)")
+    path: str = Field(description="execution path, as named by `python -m bench model`")
+    max_batch: int = Field(description="largest batch the batcher forms")
+    per_image_ms: dict[str, float] = Field(description="batch size -> forward ms per image")
+    path_ms: dict[str, float] = Field(description="path -> batch-1 forward ms")
+
+
+class PolicyInfo(BaseModel):
+    """How the model runs on this device (SERVICE_BATCH_POLICY)."""
+
+    source: str = Field(description="measured, shared with MODEL (same architecture), fixed")
+    sizes: list[SizePolicyInfo]
+    default: SizePolicyInfo
+    lanes: int = Field(description="forward passes at once on the device (all models)")
+    threads: int = Field(description="CPU threads, split between the lanes")
+    errors: dict[str, float] = Field(description="path -> max difference from float32, grey "
+                                                 "levels of 255, on a test image")
+    rejected: list[str] = Field(description="paths over one grey level")
+    lanes_images_per_s: dict[str, float] = Field(description="lanes -> images/s measured")
+    warmup_s: float
+
+
 class ModelInfo(BaseModel):
     name: str
     task: str = Field(description="style or superres")
@@ -24,6 +48,7 @@ class ModelInfo(BaseModel):
     dtype: str
     digest: str = Field(description="sha256 of the weights")
     metrics: dict[str, Any] = Field(description="evaluation results from the manifest")
+    policy: PolicyInfo | None = Field(None, description="the batch policy chosen at warm-up")
 
 
 class ModelList(BaseModel):

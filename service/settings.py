@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     queue_limit: int = Field(64, ge=1, description="requests waiting for a batch")
     max_inflight: int = Field(256, ge=1, description="admitted requests, decoding included")
     request_timeout_s: float = Field(30.0, gt=0)
+    batch_policy: Literal["measure", "fixed"] = Field(
+        "measure", description="measure: at warm-up, time the execution paths, batch sizes and "
+                               "concurrent forwards on this device and use the fastest; fixed: "
+                               "max_batch_size, one forward at a time, plain torch")
+    policy_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [256, 512],
+        description="output sides measured at warm-up (comma-separated)")
+    policy_budget_s: float = Field(
+        8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
 
     # Limits on what a client may send
     max_body_bytes: int = Field(20 * MiB, ge=1)
@@ -88,6 +97,13 @@ class Settings(BaseSettings):
         """Accept "k1,k2" from the environment (or a Secret's file contents) as well as a list."""
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("policy_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(n) for n in value.split(",") if n.strip()]
         return value
 
     @field_validator("redis_url", "metrics_api_key", mode="before")

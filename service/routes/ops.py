@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import ServicesDep
 from service.lifecycle import Phase
-from service.schemas import ErrorResponse, Health, ModelInfo, ModelList, Readiness
+from service.schemas import ErrorResponse, Health, ModelInfo, ModelList, PolicyInfo, Readiness
 
 router = APIRouter(tags=["operations"])
 
@@ -45,5 +45,7 @@ async def metrics(services: ServicesDep) -> Response:
 async def list_models(services: ServicesDep) -> ModelList:
     return ModelList(models=[
         ModelInfo(name=m.name, task=m.task, factor=m.manifest.factor, device=str(m.device),
-                  dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics)
+                  dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics,
+                  policy=PolicyInfo(**m.policy.as_dict(), lanes=services.registry.lanes,
+                                    threads=services.registry.threads))
         for m in services.registry.models()])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,9 @@ from tests.helpers.models import make_store  # noqa: E402
 from tests.helpers.redis_server import answers, redis_server  # noqa: E402
 
 torch.set_num_threads(1)
+# No warm-up timing of the batch policy (service/policy.py) unless a test asks for it: fast,
+# deterministic batches. Settings read the environment, so this covers Settings(...) too.
+os.environ.setdefault("SERVICE_BATCH_POLICY", "fixed")
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(store_root: Path,
                # Requests wait for a full batch for a minute: they are surely still queued
                # when SIGTERM arrives, and only the drain's flush can finish them in time.
                SERVICE_MAX_WAIT_MS="60000", SERVICE_MAX_BATCH_SIZE="64",
+               SERVICE_BATCH_POLICY="fixed",   # batches of up to 64 (not measured ones)
                SERVICE_REQUEST_TIMEOUT_S="120", SERVICE_DRAIN_TIMEOUT_S="30",
                SERVICE_PORT="1")  # the --port flag must win over the environment
     log_path = tmp_path / "service.log"
@@ -77,7 +78,8 @@ def test_a_model_that_cannot_load_makes_the_process_exit_1(store_root: Path,
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SERVICE_") and k != "REDIS_URL"}
     env.update(SERVICE_MODEL_STORE=str(store_root), SERVICE_DEVICE="cpu",
-               SERVICE_MODELS="udnie,no-such-model", SERVICE_TORCH_THREADS="1")
+               SERVICE_MODELS="udnie,no-such-model", SERVICE_TORCH_THREADS="1",
+               SERVICE_BATCH_POLICY="fixed")
     proc = subprocess.run([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
                            str(free_port())], cwd=ROOT, env=env, capture_output=True,
                           timeout=120)

@@ -1,0 +1,199 @@
+"""Execution paths: the ways a loaded network can run a batch, named as in `python -m bench model`.
+
+A runner takes a float32 (N, 3, H, W) batch in [0, 1] on the model's device and returns the
+network's output (any float dtype, on the device or the CPU). `candidates` builds the paths worth
+trying on a device; `service.policy` times them at warm-up and keeps the fastest whose output
+stays within one grey level of float32 (`bench model` measures all of them, and more).
+
+CPU: `inference_mode` (the network as trained, NCHW: channels_last is slower with instance norm
+on the CPU), `rewrite` (`service.rewrite`: the same function with cheaper layers),
+`onnx_rewrite` (the rewrite under ONNX Runtime, when installed), `bf16_autocast` (only on CPUs
+with native bfloat16; on the shipped networks it is 2-20 grey levels off, so it is rejected).
+CUDA: `fp16` and `channels_last` (float32, TF32 convolutions), each also `_rewrite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Collection
+from typing import Any
+
+import torch
+from torch import nn
+
+from service.rewrite import rewrite
+
+log = logging.getLogger("service.execution")
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_lane = threading.local()
+
+
+def use_threads(n: int) -> None:
+    """Run the forward passes started from this thread on `n` CPU threads.
+
+    torch's intra-op thread count is process-wide, so callers change it only while no forward
+    pass runs (the batcher's lanes guarantee it: concurrent passes hold equal shares); ONNX
+    Runtime sessions are chosen per count.
+    """
+    _lane.threads = n
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def current_threads() -> int:
+    return getattr(_lane, "threads", 0) or torch.get_num_threads()
+
+
+class TorchRunner:
+    """`module` under inference mode, in `dtype` (or float32 under bfloat16 autocast)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, *, channels_last: bool = False,
+                 autocast: torch.dtype | None = None) -> None:
+        self.module, self.dtype = module, dtype
+        self.channels_last, self.autocast = channels_last, autocast
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        cast = (torch.autocast(x.device.type, dtype=self.autocast) if self.autocast
+                else contextlib.nullcontext())
+        with torch.inference_mode(), cast:
+            x = x.to(self.dtype)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.module(x)
+
+
+def export_onnx_bytes(module: nn.Module) -> bytes:
+    """The network as ONNX with dynamic batch, height and width (float32, CPU).
+
+    The TorchScript-based exporter takes about a second, the torch.export-based one of
+    `model_store.onnx_export` five to fifteen: this runs at every start, so the fast one first.
+    The example's sides are not multiples of 4 so that StyleNet's padding branch stays in the
+    graph with symbolic amounts (see model_store/onnx_export.py).
+    """
+    module = copy.deepcopy(module).float().cpu().eval()
+    example = torch.rand(2, 3, 37, 50)
+    buf = io.BytesIO()
+    dims = {0: "batch", 2: "height", 3: "width"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), buf, input_names=["image"],
+                              output_names=["output"], dynamo=False, opset_version=17,
+                              dynamic_axes={"image": dims, "output": dims})
+        return buf.getvalue()
+    except Exception as e:  # the legacy exporter may go away in a later torch
+        log.info("TorchScript ONNX export failed (%s); using torch.export", e)
+    import tempfile
+    from pathlib import Path
+
+    from model_store.onnx_export import export_onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        return export_onnx(module, Path(tmp) / "net.onnx").read_bytes()
+
+
+class OnnxRunner:
+    """ONNX Runtime on the CPU. One session per thread count (`use_threads`); for a share of
+    the threads between 1 and all, one per calling thread, so that concurrent lanes never share
+    an intra-op pool (with all threads the pass runs alone)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        import onnxruntime  # optional: the `onnx` extra
+
+        self._ort = onnxruntime
+        self._model = export_onnx_bytes(module)
+        self._all = torch.get_num_threads()
+        self._sessions: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
+
+    def session(self, threads: int) -> Any:
+        key = (threads, threading.get_ident() if 1 < threads < self._all else 0)
+        with self._lock:
+            if key not in self._sessions:
+                opts = self._ort.SessionOptions()
+                opts.intra_op_num_threads = threads
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                self._sessions[key] = self._ort.InferenceSession(
+                    self._model, opts, providers=["CPUExecutionProvider"])
+            return self._sessions[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        session = self.session(current_threads())
+        return torch.from_numpy(session.run(None, {"image": x.float().numpy()})[0])
+
+
+def native_bf16() -> bool:
+    """A CPU whose vector units do bfloat16 (AVX512-BF16 or AMX); elsewhere it is emulated."""
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def base_path(device: torch.device, dtype: torch.dtype) -> str:
+    """The name of the path that runs the registry's module as loaded (the fixed policy's)."""
+    if device.type == "cuda":
+        return _DTYPE_NAMES.get(dtype, "channels_last")
+    return "inference_mode" if dtype == torch.float32 else _DTYPE_NAMES.get(dtype, str(dtype))
+
+
+def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
+               loaded_dtype: torch.dtype, only: Collection[str] | None = None) -> dict[str, Runner]:
+    """The paths worth measuring besides `base_path` (which runs `module` itself), or those of
+    them named in `only`.
+
+    `module` is on `device` in `loaded_dtype`. An explicit dtype setting limits the candidates
+    to that dtype; `auto` tries them all.
+    """
+    runners: dict[str, Runner] = {}
+    for name, build in _candidates(module, device, dtype_setting, loaded_dtype,
+                                   lambda name: only is None or name in only).items():
+        try:
+            runners[name] = build()
+        except Exception as e:  # never fail a start over an optional path
+            log.warning("execution path %s unavailable: %s: %s", name, type(e).__name__, e)
+    return runners
+
+
+def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
+                loaded_dtype: torch.dtype,
+                wanted: Callable[[str], bool]) -> dict[str, Callable[[], Runner]]:
+    """Name -> builder of each candidate `wanted`, so that unwanted ones cost nothing."""
+    fast = rewrite(copy.deepcopy(module).float())   # weights re-arranged in float32
+    runners: dict[str, Callable[[], Runner]] = {}
+    if device.type == "cuda":
+        dtypes = {"auto": [torch.float16, torch.float32], "float16": [torch.float16],
+                  "float32": [torch.float32], "bfloat16": [torch.bfloat16]}[dtype_setting]
+
+        def on_gpu(net: nn.Module, dt: torch.dtype) -> Callable[[], Runner]:
+            return lambda: TorchRunner(copy.deepcopy(net).to(dt, memory_format=torch.channels_last),
+                                       dt, channels_last=True)
+
+        for dt in dtypes:
+            name = _DTYPE_NAMES.get(dt, "channels_last")
+            if dt != loaded_dtype:
+                runners[name] = on_gpu(module, dt)
+            runners["rewrite" if dt == torch.float32 else f"{name}_rewrite"] = on_gpu(fast, dt)
+    else:
+        if dtype_setting in ("auto", "float32"):
+            runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
+            if onnxruntime_available():
+                runners["onnx_rewrite"] = lambda: OnnxRunner(fast)
+        if dtype_setting == "auto" and native_bf16():
+            runners["bf16_autocast"] = lambda: TorchRunner(module, torch.float32,
+                                                           autocast=torch.bfloat16)
+    return {name: build for name, build in runners.items() if wanted(name)}

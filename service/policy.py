@@ -1,0 +1,232 @@
+"""The batch policy: how each model runs on this device, measured at warm-up.
+
+Why measure: the best batch is a property of the device, not a constant. On a CPU the per-image
+cost of a forward pass is lowest at batch 1-2 and rises at 4-8 (the activations of a batch
+outgrow the caches), so a server that fills batches of 8 gets slower as load rises. On a GPU the
+per-image cost falls with the batch until the device is busy. So, per model (measured once per
+architecture: the weights do not change the cost) and for the common input sizes:
+
+1. path: each candidate of `service.execution` is compared with float32 on a test image and
+   rejected if any output pixel differs by more than one grey level; the others are timed at
+   batch 1, the fastest wins (a candidate 15 % slower than the best is not timed at the next
+   size, which keeps the warm-up short);
+2. largest batch: the per-image cost at batch 1, 2, 4, ... on that path; the batch doubles while
+   the cost falls by at least 3 %, within `max_batch_size` and the pixel budget; the smallest
+   batch within 3 % of the cheapest is kept (lower latency for the same throughput);
+3. lanes (CPU, by the registry): single-image forwards running concurrently with the threads
+   split between them, against one forward at a time on all threads (`measure_lanes`).
+
+With `batch_policy=fixed` nothing is measured: `max_batch_size`, the loaded module, one lane.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from service.execution import Runner, use_threads
+
+MAX_ERROR_LEVELS = 1.0   # largest |difference| from float32 allowed, in grey levels of 255
+KEEP_WITHIN = 1.15       # candidates slower than this times the best stop being timed
+BATCH_GAIN = 0.97        # a batch twice as large must cut the per-image cost by 3 %
+LANES_GAIN = 1.05        # concurrent forwards must be 5 % faster to be used
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """What runs inputs of about `side` x `side` pixels (the nearest measured size by pixels)."""
+
+    side: int                 # input side of the measurement (0: any size, nothing measured)
+    path: str                 # execution path, see service.execution
+    max_batch: int            # the batcher forms no larger batch
+    per_image_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms/image on path
+    path_ms: dict[str, float] = field(default_factory=dict)       # batch-1 ms of each path
+
+
+@dataclass
+class ModelPolicy:
+    source: str                                 # measured | shared with NAME | fixed
+    sizes: list[SizeChoice]
+    default: SizeChoice                         # when no size was measured
+    errors: dict[str, float] = field(default_factory=dict)  # path -> max grey-level difference
+    rejected: list[str] = field(default_factory=list)        # over MAX_ERROR_LEVELS
+    lanes_images_per_s: dict[int, float] = field(default_factory=dict)  # lanes -> images/s
+    warmup_s: float = 0.0
+
+    def choose(self, height: int, width: int) -> SizeChoice:
+        if not self.sizes:
+            return self.default
+        pixels = max(1, height * width)
+        return min(self.sizes, key=lambda s: abs(math.log(pixels / s.side ** 2)))
+
+    def paths(self) -> set[str]:
+        return {s.path for s in self.sizes} | {self.default.path}
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready (string keys, rounded) for /v1/models and `bench`."""
+        d = asdict(self)
+        for s in [*d["sizes"], d["default"]]:
+            s["per_image_ms"] = {str(b): round(ms, 3) for b, ms in s["per_image_ms"].items()}
+            s["path_ms"] = {p: round(ms, 3) for p, ms in s["path_ms"].items()}
+        d["lanes_images_per_s"] = {str(n): round(v, 3)
+                                   for n, v in d["lanes_images_per_s"].items()}
+        d["errors"] = {p: round(v, 3) for p, v in d["errors"].items()}
+        d["warmup_s"] = round(d["warmup_s"], 3)
+        return d
+
+
+def fixed_policy(path: str, max_batch: int) -> ModelPolicy:
+    return ModelPolicy("fixed", [], SizeChoice(0, path, max_batch))
+
+
+def test_image(side: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A deterministic photo-like image in [0, 1], (batch, 3, side, side), on 256 levels:
+    smooth colour fields, hard edges and fine texture. Flat or pure-noise inputs would hide the
+    errors of reduced precision that real photographs show."""
+    g = torch.Generator().manual_seed(seed)
+    img = F.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(side, side), mode="bicubic",
+                        align_corners=False)
+    for _ in range(8):
+        y, x, h, w = (int(v) for v in torch.randint(0, side, (4,), generator=g))
+        img[..., y:y + h // 2 + 1, x:x + w // 2 + 1] = torch.rand(1, 3, 1, 1, generator=g)
+    img = img + 0.03 * torch.randn(1, 3, side, side, generator=g)
+    return (img.clamp(0, 1) * 255).round().div(255).expand(batch, -1, -1, -1).contiguous()
+
+
+def levels(y: torch.Tensor) -> torch.Tensor:
+    """Network output -> the integer grey levels the service would encode."""
+    return (y.float().clamp(0, 1) * 255).round().cpu()
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, min_s: float,
+              max_reps: int) -> float:
+    """Seconds per call: the minimum over repeats after one warm-up call (the minimum, because
+    other load on the machine only ever adds time)."""
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    once()
+    times: list[float] = []
+    while len(times) < 2 or (len(times) < max_reps and sum(times) < min_s):
+        times.append(once())
+    return min(times)
+
+
+def check_errors(runners: dict[str, Runner], reference: Runner,
+                 image: torch.Tensor) -> dict[str, float]:
+    """Max |difference| in grey levels from `reference` (float32) on `image`, per path."""
+    ref = levels(reference(image.cpu()))
+    return {name: float((levels(run(image)) - ref).abs().max()) for name, run in runners.items()}
+
+
+def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.device,
+            sides: Sequence[int], *, base: str, max_batch: int, max_pixels: int,
+            budget_s: float) -> ModelPolicy:
+    """Time the paths within MAX_ERROR_LEVELS (and `base`, always allowed) at `sides`, then the
+    batch sizes of the fastest; see the module docstring. Stops early past `budget_s`."""
+    started = time.monotonic()
+    cpu = device.type == "cpu"
+    min_s, max_reps = (0.25, 3) if cpu else (0.05, 20)
+    rejected = sorted(p for p, e in errors.items() if e > MAX_ERROR_LEVELS and p != base)
+    alive = [p for p in runners if p not in rejected]
+    sizes: list[SizeChoice] = []
+
+    def ms(path: str, side: int, batch: int) -> float:
+        x = test_image(side, batch).to(device)
+        return 1000 * time_call(lambda: runners[path](x), device, min_s=min_s,
+                                max_reps=max_reps) / batch
+
+    for side in sorted(sides):
+        if sizes and time.monotonic() - started > budget_s:
+            break
+        path_ms = {p: ms(p, side, 1) for p in alive}
+        best = min(path_ms, key=path_ms.__getitem__)
+        alive = [p for p in alive if path_ms[p] <= KEEP_WITHIN * path_ms[best]]
+        per_image = {1: path_ms[best]}
+        limit = min(max_batch, max(1, max_pixels // (side * side)))
+        batch = 1
+        while batch * 2 <= limit and time.monotonic() - started < budget_s:
+            batch *= 2
+            per_image[batch] = ms(best, side, batch)
+            if per_image[batch] > BATCH_GAIN * min(per_image[b] for b in per_image if b < batch):
+                break
+        cheapest = min(per_image.values())
+        chosen = min(b for b, ms in per_image.items() if ms * BATCH_GAIN <= cheapest)
+        sizes.append(SizeChoice(side, best, chosen, per_image, path_ms))
+    return ModelPolicy("measured", sizes, sizes[0] if sizes else SizeChoice(0, base, 1),
+                       errors, rejected, warmup_s=time.monotonic() - started)
+
+
+def adopt(measured: ModelPolicy, errors: dict[str, float], *, base: str,
+          source: str) -> ModelPolicy:
+    """`measured` (another model of the same architecture) for a model with its own `errors`:
+    a path this model's weights push over the limit gives way to the fastest allowed one."""
+    rejected = sorted(p for p, e in errors.items() if e > MAX_ERROR_LEVELS and p != base)
+
+    def allowed(s: SizeChoice) -> SizeChoice:
+        if s.path not in rejected:
+            return s
+        ok = {p: ms for p, ms in s.path_ms.items() if p not in rejected} or {base: 0.0}
+        return replace(s, path=min(ok, key=ok.__getitem__))
+
+    return ModelPolicy(source, [allowed(s) for s in measured.sizes], allowed(measured.default),
+                       errors, rejected, dict(measured.lanes_images_per_s))
+
+
+def measure_lanes(runner: Runner, side: int, threads: int, options: Iterable[int], *,
+                  solo_batch: int = 1, reps: int = 3) -> dict[int, float]:
+    """Images/s with `lanes` single-image forwards running at once on threads // lanes threads
+    each, per option; option 1 is one forward at a time on all threads, at `solo_batch` (the
+    best batch found by `measure`). CPU only."""
+    result = {lanes: _lanes_throughput(runner, side, threads, lanes,
+                                       solo_batch if lanes == 1 else 1, reps)
+              for lanes in options}
+    use_threads(threads)
+    return result
+
+
+def _lanes_throughput(runner: Runner, side: int, threads: int, lanes: int, batch: int,
+                      reps: int) -> float:
+    x = test_image(side, batch)
+    barrier = threading.Barrier(lanes)
+    start: list[float] = []
+    ends: list[float] = []
+
+    def work() -> None:
+        use_threads(threads // lanes)
+        runner(x)                          # warm: sessions, primitive caches
+        if barrier.wait() == 0:
+            start.append(time.perf_counter())
+        for _ in range(reps):
+            runner(x)
+        ends.append(time.perf_counter())
+
+    workers = [threading.Thread(target=work, name=f"lane-{i}") for i in range(lanes)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return lanes * batch * reps / (max(ends) - start[0])
+
+
+def choose_lanes(measured: Sequence[dict[int, float]]) -> int:
+    """The lane count whose throughput, relative to one lane, has the best geometric mean over
+    the architectures measured, if it beats one lane by LANES_GAIN."""
+    common = set.intersection(*(set(m) for m in measured)) if measured else set()
+    best, best_gain = 1, LANES_GAIN
+    for lanes in sorted(common - {1}):
+        gains = [m[lanes] / m[1] for m in measured if 1 in m]
+        gain = math.exp(sum(math.log(g) for g in gains) / len(gains)) if gains else 0.0
+        if gain >= best_gain:
+            best, best_gain = lanes, gain
+    return best

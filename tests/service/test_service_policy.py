@@ -1,0 +1,243 @@
+"""The batch policy: exact network rewrites, the choice rules (on made-up costs, never on
+measured time), the batcher's per-key limits and lanes, and a measured service end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from service import policy as policies
+from service.batcher import Batcher
+from service.execution import OnnxRunner, TorchRunner, onnxruntime_available
+from service.policy import ModelPolicy, SizeChoice
+from service.rewrite import ColumnConv, SubPixelUpConv, rewrite
+from tests.helpers import images
+from tests.helpers.server import running, until
+from train.style_net import StyleNet
+from train.superres_net import SuperResNet
+
+NETWORKS = {
+    "style reflect": lambda: StyleNet(norm="instance", upsample="resize_conv", padding="reflect"),
+    "style zero": lambda: StyleNet(norm="instance", upsample="resize_conv"),
+    "sr x4": lambda: SuperResNet(factor=4, norm="none", upsample="resize_conv",
+                                 padding="reflect", residual=True),
+    "sr x8 instance": lambda: SuperResNet(factor=8, norm="instance", upsample="resize_conv",
+                                          padding="reflect"),
+}
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_rewrite_computes_the_same_function(name: str) -> None:
+    torch.manual_seed(0)
+    net = NETWORKS[name]().eval()
+    fast = rewrite(net)
+    kinds = {type(m) for m in fast.modules()}
+    assert {SubPixelUpConv, ColumnConv} <= kinds
+    assert not any(isinstance(m, torch.nn.Upsample) for m in fast.modules())
+    for shape in [(1, 3, 16, 16), (2, 3, 21, 13), (1, 3, 18, 31)]:
+        x = torch.rand(*shape)
+        with torch.inference_mode():
+            a, b = net(x), fast(x)
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() * 255 < 0.01   # float rounding, not approximation
+
+
+def test_transposed_networks_keep_their_upsampling() -> None:
+    net = StyleNet(norm="instance").eval()   # transposed convolutions: nothing to rewrite there
+    fast = rewrite(net)
+    assert not any(isinstance(m, SubPixelUpConv) for m in fast.modules())
+    x = torch.rand(1, 3, 20, 24)
+    with torch.inference_mode():
+        assert (net(x) - fast(x)).abs().max().item() * 255 < 0.01
+
+
+@pytest.mark.skipif(not onnxruntime_available(), reason="needs onnxruntime")
+def test_onnx_runner_is_one_graph_for_every_size_and_thread_count() -> None:
+    torch.manual_seed(1)
+    net = rewrite(NETWORKS["style reflect"]().eval())
+    runner = OnnxRunner(net)
+    for shape in [(1, 3, 16, 16), (2, 3, 21, 13), (1, 3, 40, 28)]:
+        x = torch.rand(*shape)
+        with torch.inference_mode():
+            assert (runner(x) - net(x)).abs().max().item() * 255 < 0.01
+    assert runner.session(1) is runner.session(1)
+
+
+def fake_timer(costs: dict[tuple[str, int], float]):  # noqa: ANN201
+    """time_call stand-in: seconds per call from (path, batch), read off the runner's name."""
+
+    def time_call(fn, device, *, min_s, max_reps) -> float:  # noqa: ANN001
+        return fn()
+
+    def runner(path: str):  # noqa: ANN202
+        return lambda x: costs[(path, x.shape[0])] / 1000 * x.shape[0]
+
+    return time_call, runner
+
+
+def test_measure_picks_the_fastest_accurate_path_and_the_batch_where_cost_stops_falling(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # ms per image: "fast" is fastest but 3 levels off; on "good" the cost falls to batch 4
+    costs = {("fast", 1): 1.0, ("good", 1): 10.0, ("good", 2): 6.0, ("good", 4): 4.0,
+             ("good", 8): 3.9, ("slow", 1): 50.0}
+    time_call, runner = fake_timer(costs)
+    monkeypatch.setattr(policies, "time_call", time_call)
+    runners = {p: runner(p) for p in ("fast", "good", "slow")}
+    errors = {"fast": 3.0, "good": 1.0, "slow": 0.0}
+    p = policies.measure(runners, errors, torch.device("cpu"), [64], base="slow",
+                         max_batch=64, max_pixels=1 << 30, budget_s=60)
+    (choice,) = p.sizes
+    assert p.rejected == ["fast"]
+    assert (choice.path, choice.max_batch) == ("good", 4)   # 8 saves under 3 %: stop at 4
+    assert set(choice.per_image_ms) == {1, 2, 4, 8}
+    assert choice.path_ms == {"good": 10.0, "slow": 50.0}
+
+
+def test_measure_keeps_batch_1_when_batches_cost_more_and_respects_the_pixel_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    costs = {("cpu", 1): 100.0, ("cpu", 2): 101.0, ("cpu", 4): 120.0,
+             ("gpu", 1): 10.0, ("gpu", 2): 5.0, ("gpu", 4): 2.0}
+    time_call, runner = fake_timer(costs)
+    monkeypatch.setattr(policies, "time_call", time_call)
+    cpu = policies.measure({"cpu": runner("cpu")}, {"cpu": 0.0}, torch.device("cpu"), [32],
+                           base="cpu", max_batch=8, max_pixels=1 << 30, budget_s=60)
+    assert (cpu.sizes[0].max_batch, set(cpu.sizes[0].per_image_ms)) == (1, {1, 2})
+    gpu = policies.measure({"gpu": runner("gpu")}, {"gpu": 0.0}, torch.device("cpu"), [32],
+                           base="gpu", max_batch=64, max_pixels=2 * 32 * 32, budget_s=60)
+    assert gpu.sizes[0].max_batch == 2     # 4 would exceed the pixel budget
+
+
+def test_sizes_map_to_the_nearest_measured_size_and_shared_policies_respect_accuracy() -> None:
+    small = SizeChoice(64, "a", 4, {1: 1.0}, {"a": 1.0, "b": 2.0})
+    large = SizeChoice(256, "b", 1, {1: 9.0}, {"b": 9.0, "a": 9.5})
+    p = ModelPolicy("measured", [small, large], small)
+    assert p.choose(64, 64) is small and p.choose(100, 120) is small
+    assert p.choose(200, 200) is large and p.choose(1024, 1024) is large
+    shared = policies.adopt(p, {"a": 0.0, "b": 4.0, "base": 0.0}, base="base", source="shared")
+    assert [s.path for s in shared.sizes] == ["a", "a"] and shared.rejected == ["b"]
+    assert policies.fixed_policy("base", 8).choose(5000, 5000).max_batch == 8
+
+
+def test_lanes_are_chosen_on_the_geometric_mean_gain() -> None:
+    assert policies.choose_lanes([{1: 10.0, 2: 14.0}, {1: 10.0, 2: 10.0}]) == 2   # +18 %
+    assert policies.choose_lanes([{1: 10.0, 2: 10.2}]) == 1                      # +2 %
+    assert policies.choose_lanes([]) == 1
+
+
+def test_measure_lanes_runs_concurrent_forwards() -> None:
+    seen: set[int] = set()
+    active = [0]
+    lock = threading.Lock()
+
+    def runner(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            active[0] += 1
+            seen.add(active[0])
+        threading.Event().wait(0.01)
+        with lock:
+            active[0] -= 1
+        return x
+
+    rates = policies.measure_lanes(runner, 16, threads=2, options=[1, 2], reps=2)
+    assert set(rates) == {1, 2} and all(r > 0 for r in rates.values())
+    assert 2 in seen
+
+
+def test_check_errors_counts_grey_levels() -> None:
+    x = policies.test_image(32)
+    ref = TorchRunner(torch.nn.Identity(), torch.float32)
+    off = {"same": ref, "off": lambda t: t + 2.4 / 255}
+    assert policies.check_errors(off, ref, x) == {"same": 0.0, "off": 2.0}
+
+
+class Hold:
+    """run_batch whose calls each wait for a permit; records sizes, lanes and concurrency."""
+
+    def __init__(self) -> None:
+        self.permits = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.calls: list[tuple[int, int]] = []   # (batch size, lanes)
+        self.lanes = threading.local()
+
+    def on_lanes(self, lanes: int) -> None:
+        self.lanes.n = lanes
+
+    def __call__(self, key: str, payloads: list[int]) -> list[int]:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            self.calls.append((len(payloads), self.lanes.n))
+        assert self.permits.acquire(timeout=30)
+        with self.lock:
+            self.active -= 1
+        return payloads
+
+
+async def test_batch_limit_per_key_caps_batches() -> None:
+    batches: list[tuple[str, int]] = []
+
+    def run(key: str, payloads: list[int]) -> list[int]:
+        batches.append((key, len(payloads)))
+        return payloads
+
+    b = Batcher(run, max_batch_size=8, max_wait_ms=50, queue_limit=100,
+                batch_limit=lambda key: 2 if key == "small" else 100)
+    b.start()
+    await asyncio.gather(*(b.submit("small", i) for i in range(5)),
+                         *(b.submit("big", i) for i in range(5)))
+    await b.close()
+    assert sorted(n for k, n in batches if k == "small") == [1, 2, 2]
+    assert [n for k, n in batches if k == "big"] == [5]      # max_batch_size still caps at 8
+
+
+async def test_lanes_run_alone_on_all_threads_and_together_on_equal_shares() -> None:
+    hold = Hold()
+    b = Batcher(hold, max_batch_size=1, max_wait_ms=0, queue_limit=100)
+    b.use_lanes(2, hold.on_lanes)
+    b.start()
+    first = asyncio.create_task(b.submit("k", 0))
+    await until(lambda: hold.calls, what="the first batch")
+    rest = [asyncio.create_task(b.submit("k", i)) for i in range(1, 5)]
+    await until(lambda: b.queued == 4, what="4 queued")
+    assert hold.calls == [(1, 2)]            # alone: both lanes; the others wait for it
+    hold.permits.release()
+    await until(lambda: hold.active == 2, what="two batches at once")
+    assert hold.calls[1:] == [(1, 1), (1, 1)]   # several ready: one lane each, concurrently
+    hold.permits.release(10)
+    await asyncio.gather(first, *rest)
+    await b.close()
+    assert hold.peak == 2 and len(hold.calls) == 5
+
+
+async def test_service_measures_once_per_architecture_and_reports_the_policy(
+        make_settings) -> None:
+    settings = make_settings(models=["udnie", "candy"], batch_policy="measure",
+                             policy_sizes=[32], policy_budget_s=2, max_batch_size=4,
+                             cache_bytes=0)
+    data = images.png(30, 26, seed=3)
+    async with running(settings) as r:
+        models = {m["name"]: m for m in (await r.client.get("/v1/models")).json()["models"]}
+        udnie, candy = models["udnie"]["policy"], models["candy"]["policy"]
+        assert udnie["source"] == "measured" and candy["source"] == "shared with udnie"
+        (size,) = udnie["sizes"]
+        assert size["side"] == 32 and 1 <= size["max_batch"] <= 4
+        assert size["path"] in size["path_ms"] and size["path"] not in udnie["rejected"]
+        assert udnie["errors"][size["path"]] <= 1
+        assert udnie["lanes"] >= 1 and udnie["threads"] >= 1
+        assert await r.metric("service_policy_max_batch", model="udnie",
+                              side="32") == size["max_batch"]
+        assert await r.metric("service_policy_lanes") == udnie["lanes"]
+        measured = await r.client.post("/v1/stylize?style=udnie", content=data,
+                                       headers={"content-type": "image/png"})
+    async with running(make_settings(models=["udnie"], cache_bytes=0)) as r:
+        plain = await r.client.post("/v1/stylize?style=udnie", content=data,
+                                    headers={"content-type": "image/png"})
+    a = np.asarray(images.decode(measured.content), dtype=int)
+    b = np.asarray(images.decode(plain.content), dtype=int)
+    assert a.shape == b.shape == (26, 30, 3) and np.abs(a - b).max() <= 1
