@@ -246,8 +246,12 @@ def run_sr(args: argparse.Namespace) -> int:
                                                   for n, v in r.items()))
     doc = {"machine": machine(), "models": models, "results": results,
            "paper_x4": {ds: {k: list(v) for k, v in t.items()} for ds, t in PAPER_SR_X4.items()}}
-    docs = Path(args.docs)
-    write_json(docs / "sr.json", doc)
+    write_json(Path(args.docs) / "sr.json", doc)
+    write_sr_docs(doc, Path(args.docs))
+    return 0
+
+
+def write_sr_docs(doc: dict[str, Any], docs: Path) -> None:
     plot_sr(doc, docs / "sr.png")
     write_text(docs / "sr.md", f"""# Super-resolution: PSNR / SSIM
 
@@ -270,7 +274,6 @@ PSNR and SSIM do not measure that sharpness, so look at the crops in
 
 ![PSNR and SSIM per method](sr.png)
 """)
-    return 0
 
 
 # ----------------------------------------------------------------------------- style
@@ -304,6 +307,17 @@ def style_legend(doc: dict[str, Any]) -> str:
             f"from {s['init']}, the same objective. Times: {machine_line(doc['machine'])}. "
             f"A model ships only if its style loss is at most {s['threshold']} × that of the "
             f"unstyled photo on every one of {len(s['check_images'])} content images.")
+
+
+def rising_totals(doc: dict[str, Any]) -> list[str]:
+    """Styles whose Gatys objective (content + style + TV) went up between two reports."""
+    rising = []
+    for name, s in doc["styles"].items():
+        totals = [sum(g[k] for k in ("content", "style", "tv"))
+                  for g in s["summary"]["gatys"].values()]
+        if any(b > a for a, b in zip(totals, totals[1:], strict=False)):
+            rising.append(name)
+    return rising
 
 
 def plot_style(doc: dict[str, Any], path: Path) -> None:
@@ -419,12 +433,28 @@ def run_style(args: argparse.Namespace) -> int:
               f"max style-loss ratio {max_ratio:.3f} -> {'pass' if check['passed'] else 'FAIL'}")
     doc = {"machine": machine(), "settings": settings, "styles": styles}
     write_json(docs / "style.json", doc)
+    write_style_docs(doc, docs)
+    failed = [n for n, s in styles.items() if not s["check"]["passed"]]
+    if failed:
+        print(f"NOT SHIPPABLE (style loss not well below the photo's): {', '.join(failed)}")
+    return 0
+
+
+def write_style_docs(doc: dict[str, Any], docs: Path) -> None:
     plot_style(doc, docs / "style.png")
+    iterations = doc["settings"]["iterations"]
+    content_names = doc["settings"]["content"]
+    kind = doc["settings"]["loss_network"]
+    rising = rising_totals(doc)
+    rising_note = (f"L-BFGS here takes unit steps without a line search and clamps the pixels "
+                   f"(train/gatys.py), so its objective need not fall monotonically: for "
+                   f"{', '.join(f'`{n}`' for n in rising)} the total (content + style + TV) is "
+                   f"higher at a later report than at an earlier one.\n" if rising else "")
     last = iterations[-1]
     pictures = "\n".join(
-        f"| `{n}` | " + " | ".join(f'<img src="style/{n}_{c}_{kind}.jpg" width="200">'
-                                   for c in content_names for kind in ("network", f"gatys{last}"))
-        + " |" for n in styles)
+        f"| `{n}` | " + " | ".join(f'<img src="style/{n}_{c}_{out}.jpg" width="200">'
+                                   for c in content_names for out in ("network", f"gatys{last}"))
+        + " |" for n in doc["styles"])
     header = " | ".join(f"{c}: network | {c}: Gatys {last} it." for c in content_names)
     write_text(docs / "style.md", f"""# Style transfer: the network against optimisation
 
@@ -440,30 +470,25 @@ The unstyled photo's style loss is the bar a model has to clear to be shipped.
 
 {style_table(doc)}
 
+{rising_note}
 ![losses by iteration](style.png)
 
 | style | {header} |
 | :--- |{" :---: |" * 2 * len(content_names)}
 {pictures}
 """)
-    failed = [n for n, s in styles.items() if not s["check"]["passed"]]
-    if failed:
-        print(f"NOT SHIPPABLE (style loss not well below the photo's): {', '.join(failed)}")
-    return 0
 
 
 def mean_terms(entries: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([e[k] for e in entries])) for k in entries[0]}
 
 
-def save_jpeg(image: torch.Tensor, path: Path, quality: int = 85, longer_side: int = 0) -> None:
-    """(1, 3, H, W) in [0, 1] -> a small JPEG, optionally resized."""
+def save_jpeg(image: torch.Tensor, path: Path, quality: int = 85) -> None:
+    """(1, 3, H, W) in [0, 1] -> a small JPEG (docs/ holds pictures, not lossless data)."""
     from PIL import Image
 
     array = (image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     im = Image.fromarray(np.ascontiguousarray(array))
-    if longer_side and max(im.size) > longer_side:
-        im.thumbnail((longer_side, longer_side), Image.Resampling.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path, quality=quality, optimize=True)
 
@@ -615,6 +640,7 @@ def run_speed(args: argparse.Namespace) -> int:
         print(f"{size}: network {eager:.3f} s eager, {service:.3f} s service; Gatys "
               f"{gatys['per_iteration_s']:.2f} s/iteration over {gatys['measured_iterations']}")
     doc = {"machine": machine(), "model": name, "runs": args.runs, "iterations": totals,
+           "loss_network": kind,
            "sizes": sizes, "gpu": gpu_reference(), "paper": PAPER_SPEED}
     speed_cpu = {"machine": doc["machine"], "measured_with": name, "batch": 1,
                  "eager_fp32_s": {s: r["network"]["eager_fp32_s"] for s, r in sizes.items()},
@@ -622,9 +648,14 @@ def run_speed(args: argparse.Namespace) -> int:
     for m in store.manifests():  # same architecture and options: the same speed
         if m.architecture == manifest.architecture and m.options == manifest.options:
             store.update_metrics(m.name, {"speed_cpu": speed_cpu})
-    docs = Path(args.docs)
-    write_json(docs / "speed.json", doc)
+    write_json(Path(args.docs) / "speed.json", doc)
+    write_speed_docs(doc, Path(args.docs))
+    return 0
+
+
+def write_speed_docs(doc: dict[str, Any], docs: Path) -> None:
     plot_speed(doc, docs / "speed.png")
+    kind = doc["loss_network"]
     write_text(docs / "speed.md", f"""# Speed: optimisation against one forward pass
 
 Generated by `python -m train report speed`; do not edit by hand.
@@ -643,7 +674,6 @@ For reference, the paper's figures and the GPU benchmark (not measured in this r
 
 ![seconds by image size](speed.png)
 """)
-    return 0
 
 
 # ----------------------------------------------------------------------------- gallery
@@ -709,7 +739,8 @@ def run_gallery(args: argparse.Namespace) -> int:
         return rel
 
     photos = {p.stem: load_rgb(p, args.size) for p in paths}
-    index: dict[str, Any] = {"size": args.size, "contents": [], "styles": [], "sr": []}
+    index: dict[str, Any] = {"size": args.size, "crop": args.crop, "zoom": args.zoom,
+                             "contents": [], "styles": [], "sr": []}
     for stem, im in photos.items():
         index["contents"].append({"name": stem, "path": save(im.permute(1, 2, 0).numpy(),
                                                             f"gallery/content/{stem}.jpg")})
@@ -753,18 +784,22 @@ def run_gallery(args: argparse.Namespace) -> int:
                                 "tiles": tiles})
     index["bytes"] = sum(p.stat().st_size for p in out.rglob("*.jpg"))
     write_json(out / "index.json", index)
+    write_gallery_docs(index, docs)
+    print(f"gallery: {len(list(out.rglob('*.jpg')))} images, {index['bytes'] / 2**20:.2f} MiB")
+    return 0
+
+
+def write_gallery_docs(index: dict[str, Any], docs: Path) -> None:
     write_text(docs / "gallery.md", f"""# Gallery
 
 Generated by `python -m train report gallery`; do not edit by hand. Every shipped style model on
-the content images and a few photos (shorter side {args.size} px), beside its painting; then
-{args.crop}-pixel crops of super-resolved Set5/Set14 images (shown ×{args.zoom}, nearest
-neighbour), where the HR image has the most detail. {index['bytes'] / 2**20:.1f} MiB in all.
+the content images and a few photos (shorter side {index['size']} px), beside its painting;
+then {index['crop']}-pixel crops of super-resolved Set5/Set14 images (shown ×{index['zoom']},
+nearest neighbour), where the HR image has the most detail. {index['bytes'] / 2**20:.1f} MiB in all.
 
 <a name="super-resolution-crops"></a>
 {gallery_markdown(index)}
 """)
-    print(f"gallery: {len(list(out.rglob('*.jpg')))} images, {index['bytes'] / 2**20:.2f} MiB")
-    return 0
 
 
 # ----------------------------------------------------------------------------- README
@@ -785,11 +820,15 @@ def read_block(text: str, name: str) -> str | None:
     return m.group(1) if m else None
 
 
+def load_doc(docs: Path, rel: str) -> dict[str, Any] | None:
+    path = docs / rel
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def readme_blocks(docs: Path) -> dict[str, str]:
     """The body of each block whose source document exists."""
     def load(rel: str) -> dict[str, Any] | None:
-        path = docs / rel
-        return json.loads(path.read_text()) if path.is_file() else None
+        return load_doc(docs, rel)
 
     blocks = {}
     if sr := load("sr.json"):
@@ -810,7 +849,17 @@ def readme_blocks(docs: Path) -> dict[str, str]:
     return blocks
 
 
+PAGES = {"sr.json": write_sr_docs, "style.json": write_style_docs,
+         "speed.json": write_speed_docs, "gallery/index.json": write_gallery_docs}
+
+
 def run_readme(args: argparse.Namespace) -> int:
+    """README blocks and docs pages from the JSON: a change of format needs no new measurement."""
+    docs = Path(args.docs)
+    if args.pages:
+        for rel, write in PAGES.items():
+            if doc := load_doc(docs, rel):
+                write(doc, docs)
     path = Path(args.readme)
     text = path.read_text()
     for name, body in readme_blocks(Path(args.docs)).items():
@@ -839,6 +888,8 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--docs", default=str(DOCS), help="output folder")
         if name == "readme":
             p.add_argument("--readme", default=str(README), help="README to update")
+            p.add_argument("--pages", action=argparse.BooleanOptionalAction, default=True,
+                           help="also rewrite docs/*.md and plots from the JSON")
             continue
         p.add_argument("--store", default=str(SHIPPED_ROOT), help="model store folder")
         p.add_argument("--data", default=str(DATA), help="the shared data folder")

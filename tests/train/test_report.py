@@ -69,7 +69,8 @@ def style_doc(passed: bool = True) -> dict:
                "unstyled": {"content": 0.0, "style": 280000.0, "tv": 1.0}}
     return {"machine": {"cpu": "CPU", "cores": 2, "torch": "2", "threads": 2, "gpu": None},
             "settings": {"content": ["chicago"], "size": 256, "iterations": [50, 300],
-                         "init": "noise", "threshold": 0.5, "check_images": ["a", "b", "c"]},
+                         "init": "noise", "threshold": 0.5, "check_images": ["a", "b", "c"],
+                         "loss_network": "vgg19"},
             "styles": {"udnie": {"summary": summary,
                                  "check": {"max_ratio": 0.1071 if passed else 0.7,
                                            "passed": passed}}}}
@@ -82,6 +83,13 @@ def test_style_table():
     assert lines[2] == ("| `udnie` | 40,000 / 30,000 (0.250 s) | 150,000 / 900,000 (60.0 s) | "
                         "60,000 / 20,000 (360 s) | — / 280,000 | 0.107 | yes |")
     assert report.style_table(style_doc(passed=False)).endswith("| 0.700 | **no** |")
+
+
+def test_rising_totals_names_styles_whose_optimisation_went_up():
+    doc = style_doc()
+    assert report.rising_totals(doc) == []  # 1,050,001 at 50, then 80,001 at 300
+    doc["styles"]["udnie"]["summary"]["gatys"]["300"]["style"] = 1e7
+    assert report.rising_totals(doc) == ["udnie"]
 
 
 def test_gatys_timing_extrapolates_from_the_median_iteration(monkeypatch):
@@ -126,7 +134,8 @@ def test_crop_box_finds_the_detail():
 
 
 def gallery_index() -> dict:
-    return {"contents": [{"name": "chicago", "path": "gallery/content/chicago.jpg"}],
+    return {"size": 320, "crop": 96, "zoom": 2, "bytes": 2**20,
+            "contents": [{"name": "chicago", "path": "gallery/content/chicago.jpg"}],
             "styles": [{"name": "udnie", "painting": "gallery/styles/udnie.jpg",
                         "outputs": [{"content": "chicago", "path": "gallery/udnie/chicago.jpg"}]}],
             "sr": [{"image": "Set5/bird", "factor": 4,
@@ -159,8 +168,12 @@ def test_readme_command_fills_the_blocks_it_has_documents_for(tmp_path: Path):
     readme = tmp_path / "README.md"
     readme.write_text("".join(f"# {n}\n<!-- BEGIN generated:{n} -->\n<!-- END generated:{n} -->\n"
                               for n in report.BLOCKS))
-    report.run_readme(argparse.Namespace(readme=str(readme), docs=str(docs)))
+    report.run_readme(argparse.Namespace(readme=str(readme), docs=str(docs), pages=True))
     text = readme.read_text()
     assert "| `udnie` | 40,000 / 30,000" in report.read_block(text, "style-table")
     assert 'src="docs/gallery/udnie/chicago.jpg"' in report.read_block(text, "gallery")
     assert report.read_block(text, "sr-table") == "\n"  # no sr.json: left as it was
+    assert "| `udnie` | 40,000 / 30,000" in (docs / "style.md").read_text()
+    assert (docs / "style.png").stat().st_size > 0
+    assert "#### Super-resolution crops, ×4" in (docs / "gallery.md").read_text()
+    assert not (docs / "sr.md").exists()
