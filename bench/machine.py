@@ -1,9 +1,10 @@
-"""What a result was measured on: quoted beside every figure."""
+"""What a result was measured on, quoted beside every figure, and how busy the machine was."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 
 import torch
 
@@ -19,4 +20,29 @@ def describe() -> dict[str, object]:
                                "threads": torch.get_num_threads(), "gpu": None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
     return info
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (other work on a shared machine skews timings)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def wait_until_quiet(max_load: float, max_wait_s: float, poll_s: float = 30.0) -> list[float]:
+    """Wait (up to `max_wait_s`) for the 1-minute load average to fall below `max_load`; returns
+    the load average when the wait ended, quiet or not."""
+    deadline = time.monotonic() + max_wait_s
+    load = load_average()
+    while load and load[0] >= max_load and time.monotonic() < deadline:
+        print(f"waiting for a quiet machine: load {load[0]} >= {max_load}", flush=True)
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        load = load_average()
+    return load

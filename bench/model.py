@@ -1,93 +1,147 @@
 """`python -m bench model`: raw forward latency/throughput of the networks per execution path.
 
-Every path is timed in the same run as the baseline (eager fp32 NCHW under no_grad, as the
-reference implementations run it), so that speed-ups are ratios of one run on one machine.
+For each network (style, sr_x4, sr_x8: the shipped weights when the store has them), output
+size and batch, every execution path is timed in the same rounds as the baseline, eager fp32
+NCHW under no_grad as the reference implementations run it: the paths take turns, so load from
+elsewhere on the machine falls on all of them alike, and speed-ups are ratios within one run.
+Inputs are real photographs (the super-resolution networks get them downscaled by the factor);
+each path's output is compared with float32 on the CPU, in grey levels of 255 after rounding,
+the way the service encodes it.
+
+`service_path` marks, per cell, the path the service's policy (service/policy.py) would pick
+from its own candidates by the same rule: the fastest within one grey level of float32.
+Lanes rows: single-image forwards running concurrently on a share of the threads each (what
+the service's CPU batcher can do), against one at a time on all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import statistics
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from bench.machine import describe
+from bench.machine import describe, load_average, wait_until_quiet
+from service.execution import export_onnx_bytes, native_bf16
+from service.rewrite import rewrite
 from train.architectures import build
 
 # The shipped models' architectures (the model store records the same options).
 NETWORKS = {
-    "style": ("style", {"norm": "instance", "upsample": "resize_conv", "padding": "reflect"}, 1),
-    "sr_x4": ("superres", {"factor": 4, "norm": "none", "upsample": "resize_conv",
-                           "padding": "reflect", "residual": True}, 4),
-    "sr_x8": ("superres", {"factor": 8, "norm": "none", "upsample": "resize_conv",
-                           "padding": "reflect", "residual": True}, 8),
+    "style": ("udnie", "style", {"norm": "instance", "upsample": "resize_conv",
+                                 "padding": "reflect"}, 1),
+    "sr_x4": ("sr_x4", "superres", {"factor": 4, "norm": "none", "upsample": "resize_conv",
+                                     "padding": "reflect", "residual": True}, 4),
+    "sr_x8": ("sr_x8", "superres", {"factor": 8, "norm": "none", "upsample": "resize_conv",
+                                     "padding": "reflect", "residual": True}, 8),
 }
-CPU_PATHS = ["eager_fp32", "channels_last", "inference_mode", "bf16_autocast", "compile", "onnx"]
-CUDA_PATHS = ["eager_fp32", "channels_last", "fp16", "fp16_cuda_graph", "compile_fp16"]
+CPU_PATHS = ["eager_fp32", "channels_last", "inference_mode", "bf16_autocast", "compile", "onnx",
+             "rewrite", "onnx_rewrite"]
+CUDA_PATHS = ["eager_fp32", "channels_last", "fp16", "fp16_cuda_graph", "compile_fp16",
+              "rewrite", "fp16_rewrite", "fp16_rewrite_cuda_graph"]
+# What the service chooses from (service/execution.py), by device.
+SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "bf16_autocast"],
+                      "cuda": ["channels_last", "fp16", "rewrite", "fp16_rewrite"]}
+IMAGES = Path("/work/shared/data/content-images")
+MAX_LEVELS = 1.0
+Runner = Callable[[], torch.Tensor]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def load_network(name: str, device: torch.device) -> tuple[nn.Module, str]:
+    """The shipped weights of `name`'s model if the store has them, else a seeded random init
+    (the cost is the same; only the error figures need trained weights)."""
+    stored, arch, options, _ = NETWORKS[name]
+    try:
+        from model_store import SHIPPED_ROOT, ModelStore
+        net, _ = ModelStore(SHIPPED_ROOT).load(stored)
+        source = f"model_store:{stored}"
+    except Exception:  # no shipped store here: same architecture, random weights
+        torch.manual_seed(0)
+        net, source = build(arch, options), "random"
+    return net.eval().to(device), source
 
 
-def make_runner(path: str, net: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+def photos(folder: Path, side: int, count: int) -> torch.Tensor:
+    """`count` photos, centre-cropped square, resized to `side`, as (N, 3, side, side) in
+    [0, 1]; smooth synthetic images where the folder has none."""
+    files = sorted(folder.glob("*.jpg")) + sorted(folder.glob("*.png")) if folder.is_dir() else []
+    out = []
+    for i in range(count):
+        if files:
+            img = Image.open(files[i % len(files)]).convert("RGB")
+            s = min(img.size)
+            img = img.crop(((img.width - s) // 2, (img.height - s) // 2,
+                            (img.width + s) // 2, (img.height + s) // 2))
+            a = np.asarray(img.resize((side, side), Image.Resampling.BICUBIC), np.float32)
+        else:
+            yy, xx = np.mgrid[0:side, 0:side] / side
+            a = 255 * np.stack([np.sin(6 * xx + i) ** 2, yy, np.cos(5 * yy * xx) ** 2], -1)
+        out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) / 255)
+    return torch.stack(out)
+
+
+def make_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, bytes]) -> Runner:
     """A zero-argument callable running one forward pass of `x` the way `path` describes."""
     dev = x.device
-    if path == "eager_fp32":
-        def run() -> torch.Tensor:
-            with torch.no_grad():
-                return net(x)
-        return run
-    cl_net = net.to(memory_format=torch.channels_last)
+    fp32 = copy.deepcopy(net).float()
+    if "rewrite" in path:
+        fp32 = rewrite(fp32)
+    cl = copy.deepcopy(fp32).to(memory_format=torch.channels_last)
     xcl = x.contiguous(memory_format=torch.channels_last)
-    if path == "channels_last":
-        def run() -> torch.Tensor:
-            with torch.no_grad():
-                return cl_net(xcl)
-        return run
-    if path == "inference_mode":
-        def run() -> torch.Tensor:
-            with torch.inference_mode():
-                return cl_net(xcl)
-        return run
+    if path == "eager_fp32":
+        return no_grad(fp32, x)
+    if path == "channels_last" or (path == "rewrite" and dev.type == "cuda"):
+        return no_grad(cl, xcl)
+    if path in ("inference_mode", "rewrite"):
+        return inference(fp32, x)
     if path == "bf16_autocast":
-        def run() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
-                return cl_net(xcl)
-        return run
-    if path in ("fp16", "fp16_cuda_graph", "compile_fp16"):
-        half, xh = cl_net.half(), xcl.half()
-        if path == "fp16":
-            def run() -> torch.Tensor:
-                with torch.inference_mode():
-                    return half(xh)
-            return run
-        if path == "compile_fp16":
-            compiled = torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False)
-            def run() -> torch.Tensor:
-                with torch.inference_mode():
-                    return compiled(xh)
-            return run
-        return cuda_graph_runner(half, xh)
+        return inference(fp32, x, autocast=torch.bfloat16)
     if path == "compile":
-        compiled = torch.compile(cl_net, dynamic=False)
-        def run() -> torch.Tensor:
-            with torch.inference_mode():
-                return compiled(xcl)
-        return run
-    if path == "onnx":
-        return onnx_runner(net, x)
+        torch._dynamo.reset()   # one compiled shape per cell; never hit the recompile limit
+        return inference(torch.compile(fp32, dynamic=False, options={"freezing": True}), x)
+    if path in ("onnx", "onnx_rewrite"):
+        return onnx_runner(onnx[path], x)
+    half, xh = cl.half(), xcl.half()
+    if path in ("fp16", "fp16_rewrite"):
+        return inference(half, xh)
+    if path == "compile_fp16":
+        torch._dynamo.reset()
+        return inference(torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False),
+                         xh)
+    if path in ("fp16_cuda_graph", "fp16_rewrite_cuda_graph"):
+        return cuda_graph_runner(half, xh)
     raise ValueError(f"unknown path {path!r}")
 
 
-def cuda_graph_runner(net: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+def no_grad(net: nn.Module, x: torch.Tensor) -> Runner:
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            return net(x)
+    return run
+
+
+def inference(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+              autocast: torch.dtype | None = None) -> Runner:
+    cast = torch.autocast(x.device.type, dtype=autocast) if autocast else None
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), cast or contextlib.nullcontext():
+            return net(x)
+    return run
+
+
+def cuda_graph_runner(net: nn.Module, x: torch.Tensor) -> Runner:
     """Capture one forward into a CUDA graph; replaying it removes the per-kernel launch cost."""
     static_in = x.clone()
     stream = torch.cuda.Stream()
@@ -106,94 +160,296 @@ def cuda_graph_runner(net: nn.Module, x: torch.Tensor) -> Callable[[], torch.Ten
     return run
 
 
-def onnx_runner(net: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
-    import tempfile
-
+def onnx_runner(model: bytes, x: torch.Tensor, threads: int = 0) -> Runner:
     import onnxruntime as ort
 
-    path = Path(tempfile.mkdtemp()) / "net.onnx"
-    with torch.no_grad():
-        torch.onnx.export(net.float().to(memory_format=torch.contiguous_format), (x,), str(path),
-                          input_names=["image"], output_names=["out"], dynamo=False)
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"image": x.numpy()}
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    feed = {"image": x.cpu().numpy()}
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
-def time_runner(run: Callable[[], torch.Tensor], device: torch.device, min_s: float,
-                warmup: int) -> list[float]:
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    times: list[float] = []
+def levels(y: torch.Tensor) -> torch.Tensor:
+    return (y.float().cpu().clamp(0, 1) * 255).round()
+
+
+def time_rounds(runners: dict[str, Runner], device: torch.device, min_s: float, min_runs: int,
+                max_runs: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner, the runners taking turns (rotating the order) until each
+    has `min_runs` and the round-robin has lasted `min_s` per runner, or `max_runs`."""
+    names = list(runners)
+    times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
-    while time.perf_counter() - start < min_s or len(times) < 3:
-        t0 = time.perf_counter()
-        run()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
+    r = 0
+    while r < max_runs and (r < min_runs or time.perf_counter() - start < min_s * len(names)):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            runners[name]()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - t0)
+        r += 1
     return times
 
 
-def measure(network: str, path: str, size: int, batch: int, device: torch.device,
-            min_s: float, reference: dict) -> dict:
-    arch, options, factor = NETWORKS[network]
-    torch.manual_seed(0)
-    net = build(arch, options).eval().to(device)
-    x = torch.rand(batch, 3, size // factor, size // factor, device=device)
-    key = (network, size, batch)
-    if key not in reference:
+def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: list[str],
+                 device: torch.device, onnx: dict[str, bytes], args: argparse.Namespace
+                 ) -> list[dict]:
+    """All paths for one (network, output size, batch): interleaved timing, errors, speed-ups."""
+    factor = NETWORKS[network][3]
+    x_cpu = photos(Path(args.images), size // factor, batch)
+    x = x_cpu.to(device)
+    ref: torch.Tensor | None = None
+    if device.type != "cpu" or "eager_fp32" not in paths:
         with torch.no_grad():
-            reference[key] = net(x).float().cpu()
-    run = make_runner(path, net, x)
-    times = time_runner(run, device, min_s, warmup=3 if device.type == "cpu" else 10)
-    out = run().float().cpu()
-    median = statistics.median(times)
-    return {"network": network, "path": path, "size": size, "batch": batch,
-            "latency_ms": 1000 * median, "images_per_s": batch / median,
-            "max_diff_levels": float((out - reference[key]).abs().max() * 255),
-            "runs": len(times)}
+            ref = levels(copy.deepcopy(net).float().cpu()(x_cpu))
+    rows: dict[str, dict] = {}
+    runners: dict[str, Runner] = {}
+    for path in paths:
+        row: dict = {"network": network, "path": path, "size": size, "batch": batch}
+        rows[path] = row
+        try:
+            t0 = time.perf_counter()
+            run = make_runner(path, net, x, onnx)
+            out = run()                           # warm-up (and compilation, for compile)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            row["setup_s"] = round(time.perf_counter() - t0, 3)
+            if ref is None:      # on the CPU the baseline is the float32 reference
+                ref = levels(out)
+            diff = (levels(out) - ref).abs()
+            row["max_diff_levels"] = float(diff.max())
+            row["pixels_over_1_level"] = float((diff > MAX_LEVELS).float().mean())
+            runners[path] = run
+        except Exception as e:  # a path unavailable here is reported, not fatal
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+    big = batch * size * size > 2 * 1024 * 1024   # seconds per run on a CPU: fewer runs
+    times = time_rounds(runners, device, args.min_s, 2 if big else args.min_runs,
+                        args.max_runs)
+    for path, ts in times.items():
+        median = statistics.median(ts)
+        rows[path].update(latency_ms=1000 * median, min_ms=1000 * min(ts),
+                          images_per_s=batch / median, runs=len(ts))
+    base = rows.get("eager_fp32", {})
+    for row in rows.values():
+        if "latency_ms" in row and "latency_ms" in base:
+            row["speedup"] = base["latency_ms"] / row["latency_ms"]
+            row["speedup_min"] = base["min_ms"] / row["min_ms"]
+    allowed = [rows[p] for p in SERVICE_CANDIDATES[device.type] if p in rows
+               and "latency_ms" in rows[p] and rows[p]["max_diff_levels"] <= MAX_LEVELS]
+    if allowed:
+        best = min(allowed, key=lambda r: r["latency_ms"])
+        for row in rows.values():
+            row["service_path"] = best["path"]
+    del runners
+    return list(rows.values())
+
+
+def measure_lanes(network: str, net: nn.Module, size: int, path: str, onnx: dict[str, bytes],
+                  args: argparse.Namespace, lanes: int) -> dict:
+    """Images/s of `lanes` concurrent single-image forwards on threads // lanes threads each."""
+    factor = NETWORKS[network][3]
+    threads = torch.get_num_threads()
+    x = photos(Path(args.images), size // factor, 1)
+    per = threads // lanes
+    torch.set_num_threads(per)
+    try:
+        runners = [make_runner(path, net, x, onnx) if path not in ("onnx", "onnx_rewrite")
+                   else onnx_runner(onnx[path], x, per) for _ in range(lanes)]
+        reps = max(args.min_runs, 2)
+        barrier = threading.Barrier(lanes)
+        start: list[float] = []
+        ends: list[float] = []
+
+        def work(run: Runner) -> None:
+            run()
+            if barrier.wait() == 0:
+                start.append(time.perf_counter())
+            for _ in range(reps):
+                run()
+            ends.append(time.perf_counter())
+
+        workers = [threading.Thread(target=work, args=(r,)) for r in runners]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        torch.set_num_threads(threads)
+    return {"network": network, "path": path, "size": size, "batch": 1, "lanes": lanes,
+            "threads_per_lane": per, "images_per_s": lanes * reps / (max(ends) - start[0])}
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per network and size at batch 1: baseline, service path, best path, speed-ups."""
+    out = []
+    for (network, size) in sorted({(r["network"], r["size"]) for r in rows if "lanes" not in r}):
+        cell = {r["path"]: r for r in rows if r["network"] == network and r["size"] == size
+                and r["batch"] == 1 and "lanes" not in r and "latency_ms" in r}
+        if "eager_fp32" not in cell:
+            continue
+        service = next((r["service_path"] for r in cell.values() if "service_path" in r), None)
+        best = max(cell.values(), key=lambda r: r["images_per_s"])
+        accurate = [r for r in cell.values() if r["max_diff_levels"] <= MAX_LEVELS]
+        best_ok = max(accurate, key=lambda r: r["images_per_s"]) if accurate else best
+        lanes = [r for r in rows if r.get("lanes", 1) > 1 and r["network"] == network
+                 and r["size"] == size]
+        item = {"network": network, "size": size, "baseline_ms": cell["eager_fp32"]["latency_ms"],
+                "service_path": service,
+                "service_ms": cell[service]["latency_ms"] if service else None,
+                "service_speedup": cell[service]["speedup"] if service else None,
+                "fastest_path": best["path"], "fastest_speedup": best["speedup"],
+                "fastest_accurate_path": best_ok["path"],
+                "fastest_accurate_speedup": best_ok["speedup"]}
+        for r in lanes:
+            item[f"{r['path']}_lanes{r['lanes']}_images_per_s"] = r["images_per_s"]
+            item[f"{r['path']}_lanes{r['lanes']}_vs_baseline"] = (
+                r["images_per_s"] / cell["eager_fp32"]["images_per_s"])
+        out.append(item)
+    return out
+
+
+def plot(result: dict, out: Path) -> None:
+    """Speed-up over the baseline per path (batch 1), and per-image cost against the batch."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["results"] if "latency_ms" in r and "lanes" not in r]
+    networks = sorted({r["network"] for r in rows})
+    if not rows:
+        return
+    fig, axes = plt.subplots(2, len(networks), figsize=(5.5 * len(networks), 8), squeeze=False)
+    paths = [p for p in result["paths"] if any(r["path"] == p for r in rows)]
+    sizes = sorted({r["size"] for r in rows})
+    for col, network in enumerate(networks):
+        ax = axes[0][col]
+        width = 0.8 / max(1, len(sizes))
+        for i, size in enumerate(sizes):
+            vals = [next((r["speedup"] for r in rows if r["network"] == network and r["size"] ==
+                          size and r["batch"] == 1 and r["path"] == p and "speedup" in r), 0)
+                    for p in paths]
+            ax.bar(np.arange(len(paths)) + i * width, vals, width, label=f"{size}px")
+        ax.axhline(1, color="grey", lw=0.8)
+        ax.set_xticks(np.arange(len(paths)) + width * (len(sizes) - 1) / 2, paths, rotation=60,
+                      ha="right", fontsize=8)
+        ax.set_title(f"{network}: speed-up over eager fp32, batch 1")
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        for p in ("eager_fp32", *sorted({r.get("service_path", "") for r in rows} - {""})):
+            for size in sizes:
+                pts = sorted((r["batch"], r["latency_ms"] / r["batch"]) for r in rows
+                             if r["network"] == network and r["size"] == size and r["path"] == p)
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=f"{p} {size}px")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("ms per image")
+        ax.set_title(f"{network}: per-image cost against batch")
+        ax.legend(fontsize=7)
+    m = result["machine"]
+    fig.suptitle(f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, torch {m['torch']}; "
+                 f"load {result['load_average_start']} -> {result.get('load_average_end')}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench model", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--networks", default="style,sr_x4,sr_x8")
     p.add_argument("--paths", default="", help="comma list (default: all for the device)")
     p.add_argument("--sizes", default="256,512,1024", help="output sides")
     p.add_argument("--batches", default="1,2,4,8")
-    p.add_argument("--min-s", type=float, default=2.0, help="timed seconds per measurement")
+    p.add_argument("--compile-batches", default="",
+                   help="batches at which to time the compile paths (default: 1 on the CPU, "
+                        "where one shape compiles in 10-40 s; all on CUDA)")
+    p.add_argument("--max-batch-pixels", type=int, default=0,
+                   help="skip cells with more output pixels per batch (0: none skipped)")
+    p.add_argument("--lanes", default="2", help="CPU: concurrent single-image forwards to try "
+                                                "for the baseline and the service path ('' off)")
+    p.add_argument("--min-s", type=float, default=1.0, help="timed seconds per path and cell")
+    p.add_argument("--min-runs", type=int, default=3)
+    p.add_argument("--max-runs", type=int, default=50)
+    p.add_argument("--images", default=str(IMAGES), help="photos to run on (synthetic if none)")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="first wait (up to 20 min) for a 1-minute load average under this")
     p.add_argument("--out", default="", help="JSON file (default bench/results/model-<dev>.json)")
     args = p.parse_args(argv)
     dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                        else "cpu" if args.device == "auto" else args.device)
     paths = args.paths.split(",") if args.paths else (CUDA_PATHS if dev.type == "cuda"
                                                       else CPU_PATHS)
-    reference: dict = {}
-    rows = []
-    for network in args.networks.split(","):
-        for size in map(int, args.sizes.split(",")):
-            for batch in map(int, args.batches.split(",")):
-                for path in paths:
-                    try:
-                        row = measure(network, path, size, batch, dev, args.min_s, reference)
-                    except Exception as e:  # a path unavailable here is reported, not fatal
-                        row = {"network": network, "path": path, "size": size, "batch": batch,
-                               "error": f"{type(e).__name__}: {e}"[:300]}
-                    base = next((r for r in rows if r["network"] == network and
-                                 r["size"] == size and r["batch"] == batch and
-                                 r["path"] == "eager_fp32" and "error" not in r), None)
-                    if base and "error" not in row:
-                        row["speedup"] = base["latency_ms"] / row["latency_ms"]
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                    with contextlib.suppress(Exception):
-                        torch.cuda.empty_cache()
+    if "eager_fp32" in paths:   # the baseline first: on the CPU it is the error reference
+        paths = ["eager_fp32", *[p for p in paths if p != "eager_fp32"]]
+    if dev.type == "cpu" and "bf16_autocast" in paths and not native_bf16():
+        print("note: this CPU emulates bfloat16; bf16_autocast is measured anyway")
+    compile_batches = args.compile_batches or ("1" if dev.type == "cpu" else args.batches)
     out = Path(args.out or f"bench/results/model-{dev.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": describe(), "results": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    load_start = (wait_until_quiet(args.wait_quiet, 1200) if args.wait_quiet
+                  else load_average())
+    result: dict = {"benchmark": "model", "machine": describe(), "device": str(dev),
+                    "paths": paths, "images": args.images if Path(args.images).is_dir()
+                    else "synthetic", "load_average_start": load_start, "results": [],
+                    "complete": False}
+    started = time.monotonic()
+    for network in args.networks.split(","):
+        net, weights = load_network(network, dev)
+        result.setdefault("weights", {})[network] = weights
+        onnx: dict[str, bytes] = {}
+        for path in ("onnx", "onnx_rewrite"):
+            if path in paths and dev.type == "cpu":
+                with contextlib.suppress(Exception), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    onnx[path] = export_onnx_bytes(rewrite(net) if "rewrite" in path else net)
+        for size in map(int, args.sizes.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                if args.max_batch_pixels and batch * size * size > args.max_batch_pixels:
+                    continue
+                cell_paths = [p for p in paths if "compile" not in p
+                              or str(batch) in compile_batches.split(",")]
+                for row in measure_cell(network, net, size, batch, cell_paths, dev, onnx, args):
+                    result["results"].append(row)
+                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                      for k, v in row.items()}), flush=True)
+                write(out, result)
+                with contextlib.suppress(Exception):
+                    torch.cuda.empty_cache()
+            if dev.type == "cpu" and args.lanes and torch.get_num_threads() > 1:
+                service = next((r["service_path"] for r in result["results"] if
+                                r["network"] == network and r["size"] == size
+                                and "service_path" in r), None)
+                for lane_path in dict.fromkeys(["eager_fp32", service]):
+                    for lanes in map(int, args.lanes.split(",")):
+                        if lane_path and torch.get_num_threads() % lanes == 0:
+                            row = measure_lanes(network, net, size, lane_path, onnx, args, lanes)
+                            result["results"].append(row)
+                            print(json.dumps(row), flush=True)
+    result.update(summary=summary(result["results"]), load_average_end=load_average(),
+                  duration_s=round(time.monotonic() - started, 1), complete=True)
+    write(out, result)
+    try:
+        plot(result, out.with_suffix(".png"))
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    except ImportError:
+        print(f"wrote {out} (no plot: matplotlib is not installed)")
+    for item in result["summary"]:
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                          for k, v in item.items()}))
     return 0
+
+
+def write(path: Path, result: dict) -> None:
+    """Atomically: a partial result survives an interrupted run."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+

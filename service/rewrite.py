@@ -59,14 +59,17 @@ class SubPixelUpConv(nn.Module):
                         k[:, :, (a + dy) // 2 + 1 - a, (b + dx) // 2 + 1 - b] += w[:, :, dy + 1,
                                                                                    dx + 1]
                 weights.append(k)
-        self.weight = nn.Parameter(torch.stack(weights), requires_grad=False)  # (4, O, I, 2, 2)
+        # (4*O, I, 2, 2), phase-major: 4-D, so that .to(memory_format=...) applies to it
+        self.weight = nn.Parameter(torch.cat(weights), requires_grad=False)
         self.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        self.out_channels = w.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xp = F.pad(x, (1, 1, 1, 1), mode=self.mode)
         # Slice bounds are constants (no shape arithmetic), so ONNX export stays shape-generic.
+        o = self.out_channels
         phases = [F.conv2d(xp[..., a:(a - 1) or None, b:(b - 1) or None],
-                           self.weight[2 * a + b], self.bias)
+                           self.weight[(2 * a + b) * o:(2 * a + b + 1) * o], self.bias)
                   for a in (0, 1) for b in (0, 1)]
         y = torch.stack(phases, 2).flatten(1, 2)   # (N, O*4, H, W), channel o*4 + 2a + b
         return F.pixel_shuffle(y, 2)

@@ -4,6 +4,7 @@ measured time), the batcher's per-key limits and lanes, and a measured service e
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 
 from service import policy as policies
 from service.batcher import Batcher
-from service.execution import OnnxRunner, TorchRunner, onnxruntime_available
+from service.execution import OnnxRunner, TorchRunner, candidates, onnxruntime_available
 from service.policy import ModelPolicy, SizeChoice
 from service.rewrite import ColumnConv, SubPixelUpConv, rewrite
 from tests.helpers import images
@@ -38,12 +39,15 @@ def test_rewrite_computes_the_same_function(name: str) -> None:
     kinds = {type(m) for m in fast.modules()}
     assert {SubPixelUpConv, ColumnConv} <= kinds
     assert not any(isinstance(m, torch.nn.Upsample) for m in fast.modules())
+    nhwc = copy.deepcopy(fast).to(memory_format=torch.channels_last)   # as on CUDA
     for shape in [(1, 3, 16, 16), (2, 3, 21, 13), (1, 3, 18, 31)]:
         x = torch.rand(*shape)
         with torch.inference_mode():
             a, b = net(x), fast(x)
-        assert a.shape == b.shape
+            c = nhwc(x.contiguous(memory_format=torch.channels_last))
+        assert a.shape == b.shape == c.shape
         assert (a - b).abs().max().item() * 255 < 0.01   # float rounding, not approximation
+        assert (a - c).abs().max().item() * 255 < 0.01
 
 
 def test_transposed_networks_keep_their_upsampling() -> None:
@@ -53,6 +57,14 @@ def test_transposed_networks_keep_their_upsampling() -> None:
     x = torch.rand(1, 3, 20, 24)
     with torch.inference_mode():
         assert (net(x) - fast(x)).abs().max().item() * 255 < 0.01
+
+
+def test_cpu_candidates_are_the_documented_paths() -> None:
+    net = NETWORKS["sr x4"]().eval()
+    names = set(candidates(net, torch.device("cpu"), "float32", torch.float32))
+    assert names == {"rewrite", "onnx_rewrite"} if onnxruntime_available() else {"rewrite"}
+    assert set(candidates(net, torch.device("cpu"), "float32", torch.float32,
+                          only={"rewrite"})) == {"rewrite"}
 
 
 @pytest.mark.skipif(not onnxruntime_available(), reason="needs onnxruntime")
