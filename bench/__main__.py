@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"model": "bench.model"}
+BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability"}
 
 
 def main() -> int:

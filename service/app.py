@@ -11,7 +11,7 @@ from service import imaging
 from service.auth import ApiKeyAuth, KeyRing, document_security
 from service.errors import install_handlers
 from service.lifecycle import build_services
-from service.middleware import RequestContext, RequestLimits
+from service.middleware import LoadShed, RequestContext, RequestLimits
 from service.ratelimit import RateLimit, make_limiter
 from service.routes import ops, transform
 from service.settings import Settings, get_settings
@@ -57,9 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(transform.router)
     app.include_router(ops.router)
     install_handlers(app, services.metrics)
-    # Added innermost first. A request meets: RequestContext (id, metrics, access log) ->
-    # RequestLimits (URL, headers) -> ApiKeyAuth -> RateLimit -> the routes; so a refusal costs
-    # no admission slot and no body read, and still gets its log line and request id.
+    # Added innermost first. A request meets: LoadShed (429 at once when overloaded) ->
+    # RequestContext (id, metrics, access log) -> RequestLimits (URL, headers) -> ApiKeyAuth ->
+    # RateLimit -> the routes; so a refusal costs no admission slot and no body read, and
+    # (but for shedding, which must be cheap) gets its log line and request id.
     if limiter is not None:
         app.add_middleware(RateLimit, limiter=limiter, metrics=services.metrics)
     api_keys, metrics_key = KeyRing(settings.api_keys), KeyRing(
@@ -72,4 +73,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, max_url_bytes=settings.max_url_bytes,
                        max_header_bytes=settings.max_header_bytes, metrics=services.metrics)
     app.add_middleware(RequestContext, metrics=services.metrics)
+    app.add_middleware(LoadShed, services=services)
     return app
