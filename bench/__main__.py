@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability"}
+BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability",
+              "service": "bench.service", "cache": "bench.cache"}
 
 
 def main() -> int:

@@ -1,0 +1,154 @@
+"""The load generator of `bench service` and `bench cache`: a closed loop of HTTP clients.
+
+Runs as its own process (`python -m bench.load < spec.json > result.json`) so that the client's
+CPU work is not the server's: each of `concurrency` workers posts an image, waits for the
+answer, and posts the next one. A level counts the answers completed inside its window (after
+a warm-up, until `duration_s` has passed and `min_done` have completed, at most `max_s`), and
+reads the server's batch-size histogram at both ends of the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+    a = np.asarray(values) * 1000
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean())}
+
+
+def histogram(text: str, name: str) -> dict[str, dict[str, float]]:
+    """model -> {le: cumulative count, "sum": ..., "count": ...} for histogram `name`."""
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for s in family.samples:
+            entry = out.setdefault(s.labels.get("model", ""), {})
+            if s.name.endswith("_bucket"):
+                entry[s.labels["le"]] = s.value
+            elif s.name.endswith("_sum"):
+                entry["sum"] = s.value
+            elif s.name.endswith("_count"):
+                entry["count"] = s.value
+    return out
+
+
+def counter(text: str, name: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == name)
+
+
+def batch_sizes(before: str, after: str) -> dict[str, object]:
+    """Forward passes per batch size between two scrapes of /metrics, over all models:
+    bucket label -> count ("1", "2", "3", "4", "5-6", "7-8", ...), mean batch, mean forward."""
+    h0, h1 = histogram(before, "service_batch_size"), histogram(after, "service_batch_size")
+    f0, f1 = (histogram(before, "service_forward_seconds"),
+              histogram(after, "service_forward_seconds"))
+    dist: Counter[str] = Counter()
+    batches = images = forward_s = 0.0
+    for model, cur in h1.items():
+        old = h0.get(model, {})
+        prev_le, prev_count = 0.0, 0.0
+        for le in sorted((k for k in cur if k not in ("sum", "count", "+Inf")), key=float):
+            count = cur[le] - old.get(le, 0.0)
+            lo, hi = int(prev_le) + 1, int(float(le))
+            label = str(hi) if lo == hi else f"{lo}-{hi}"
+            if count - prev_count > 0:
+                dist[label] += count - prev_count
+            prev_le, prev_count = float(le), count
+        batches += cur.get("count", 0.0) - old.get("count", 0.0)
+        images += cur.get("sum", 0.0) - old.get("sum", 0.0)
+        forward_s += f1.get(model, {}).get("sum", 0.0) - f0.get(model, {}).get("sum", 0.0)
+    return {"batches": dict(dist), "forward_passes": batches,
+            "mean_batch": images / batches if batches else None,
+            "mean_forward_ms": 1000 * forward_s / batches if batches else None,
+            "singleflight_shared": counter(after, "service_singleflight_shared_total")
+            - counter(before, "service_singleflight_shared_total")}
+
+
+async def run_level(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
+                    concurrency: int) -> dict:
+    warmup_s, duration_s = spec["warmup_s"], spec["duration_s"]
+    max_s, min_done = spec["max_s"], max(spec["min_done"], 2 * concurrency)
+    headers = {"content-type": spec.get("content_type", "image/png")}
+    start = time.perf_counter()
+    window: dict[str, float] = {"from": start + warmup_s, "to": float("inf")}
+    done: list[tuple[float, float, object]] = []     # (end, latency, status)
+    stop = asyncio.Event()
+    scrapes: dict[str, str] = {}
+
+    async def worker(i: int) -> None:
+        k = i
+        while not stop.is_set():
+            body = bodies[k % len(bodies)]
+            k += concurrency
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(spec["path"], content=body, headers=headers)
+                status: object = r.status_code
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            t1 = time.perf_counter()
+            done.append((t1, t1 - t0, status))
+
+    async def referee() -> None:
+        await asyncio.sleep(warmup_s)
+        scrapes["before"] = (await client.get("/metrics")).text
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.perf_counter()
+            elapsed = now - window["from"]
+            in_window = sum(1 for end, _, _ in done if end >= window["from"])
+            if (elapsed >= duration_s and in_window >= min_done) or elapsed >= max_s:
+                window["to"] = now
+                scrapes["after"] = (await client.get("/metrics")).text
+                stop.set()
+                return
+
+    await asyncio.gather(referee(), *(worker(i) for i in range(concurrency)))
+    inside = [(lat, st) for end, lat, st in done if window["from"] <= end <= window["to"]]
+    ok = [lat for lat, st in inside if st == 200]
+    statuses = Counter(str(st) for _, st in inside)
+    seconds = window["to"] - window["from"]
+    return {"concurrency": concurrency, "window_s": seconds, "completed": len(inside),
+            "throughput_per_s": len(ok) / seconds, **percentiles(ok),
+            "errors": len(inside) - len(ok), "statuses": dict(statuses),
+            "errors_total": sum(1 for _, _, st in done if st != 200),
+            **batch_sizes(scrapes["before"], scrapes["after"])}
+
+
+async def run(spec: dict) -> list[dict]:
+    bodies = [Path(p).read_bytes() for p in spec["bodies"]]
+    limits = httpx.Limits(max_connections=max(spec["levels"]) + 4,
+                          max_keepalive_connections=max(spec["levels"]) + 4)
+    async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout_s", 300),
+                                 limits=limits) as client:
+        results = []
+        for concurrency in spec["levels"]:
+            results.append(await run_level(client, spec, bodies, concurrency))
+            print(json.dumps({k: v for k, v in results[-1].items() if k != "statuses"},
+                             default=str), file=sys.stderr, flush=True)
+        return results
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    json.dump(asyncio.run(run(spec)), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Start `python -m service` on 127.0.0.1 for a benchmark, and drive it with `bench.load`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = Path("/work/shared/data/photos")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
+          ) -> Iterator[str]:
+    """The service in a subprocess with SERVICE_* `settings` (nothing inherited from the
+    calling shell); yields its base URL once /readyz says ready; SIGTERM at the end."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SERVICE_") and k != "REDIS_URL"}
+    env.update({"SERVICE_HOST": "127.0.0.1", "SERVICE_PORT": str(port),
+                "SERVICE_LOG_LEVEL": "warning", **settings})
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited ({proc.returncode}); see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the service was not ready in {ready_timeout_s}s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def drive(url: str, path: str, bodies: list[Path], levels: list[int], *, duration_s: float,
+          warmup_s: float, min_done: int, max_s: float, content_type: str = "image/png"
+          ) -> list[dict]:
+    """Run `bench.load` in its own process against `url`; its per-level results."""
+    spec = {"url": url, "path": path, "bodies": [str(b) for b in bodies], "levels": levels,
+            "duration_s": duration_s, "warmup_s": warmup_s, "min_done": min_done,
+            "max_s": max_s, "content_type": content_type}
+    proc = subprocess.run([sys.executable, "-m", "bench.load"], cwd=ROOT, check=True,
+                          input=json.dumps(spec), capture_output=True, text=True,
+                          timeout=len(levels) * (max_s + warmup_s + 600))
+    return json.loads(proc.stdout)
+
+
+def photo_pngs(folder: Path, sides: list[int], count: int, out: Path, seed: int = 0
+               ) -> list[Path]:
+    """`count` distinct PNGs (photos from `folder`, centre-cropped, resized; the sides cycle
+    through `sides`), written to `out`. Distinct, so that no two requests in flight share
+    a computation (single flight) or a cache entry."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        side = sides[i % len(sides)]
+        if files:
+            img = Image.open(files[i % len(files)]).convert("RGB")
+            s = min(img.size)
+            x0 = int(rng.integers(0, img.width - s + 1))
+            y0 = int(rng.integers(0, img.height - s + 1))
+            img = img.crop((x0, y0, x0 + s, y0 + s)).resize((side, side),
+                                                            Image.Resampling.BICUBIC)
+        else:
+            a = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+            img = Image.fromarray(a).resize((side, side), Image.Resampling.BICUBIC)
+        path = out / f"{i:04d}-{side}.png"
+        img.save(path, optimize=False)
+        paths.append(path)
+    return paths

@@ -1,0 +1,262 @@
+"""`python -m bench service`: the service under closed-loop load, against the raw model.
+
+1. Raw: the service's own model code (`Registry` with the measured policy, `LoadedModel.run`:
+   uint8 in, uint8 out) in this process, before any server runs: batch-1 latency, and the best
+   throughput over batch sizes and concurrent single-image forwards ("lanes"), per size.
+2. Sweeps: the service as a subprocess on 127.0.0.1 (shipped models, cache off), driven by
+   `bench.load` in another process at each concurrency, with distinct images of one size and
+   with a mix of sizes, for each configuration:
+   - `measured`: the defaults, batch policy measured at warm-up;
+   - `no_batching`: the same with max_batch_size=1;
+   - `fixed`: the service before the batch policy (plain torch, batches of up to 8, one forward
+     at a time), what a serving framework that fills batches does.
+   Each level: throughput, p50/p95/p99 latency, errors, and the batch-size distribution read
+   from /metrics.
+3. Targets from the issue, computed on this run's own numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.machine import describe, load_average, wait_until_quiet
+from bench.server import PHOTOS, drive, photo_pngs, serve
+
+CONFIGS = {
+    "measured": {},
+    "no_batching": {"SERVICE_MAX_BATCH_SIZE": "1"},
+    "fixed": {"SERVICE_BATCH_POLICY": "fixed", "SERVICE_MAX_BATCH_SIZE": "8"},
+}
+
+
+def raw(model: str, sides: list[int], images: Path, device: str, min_s: float,
+        policy: str = "measure") -> dict:
+    """Forward passes through the service's model code, no HTTP: per input side, batch-1
+    latency and the best throughput (batches 1, 2, 4; lanes when the policy chose them)."""
+    from model_store import SHIPPED_ROOT
+    from service import execution
+    from service.registry import Registry
+
+    registry = Registry(SHIPPED_ROOT, [model], device, "auto", policy=policy)
+    started = time.monotonic()
+    (m,) = registry.load_all()
+    out: dict = {"policy": m.policy.as_dict(), "lanes": registry.lanes,
+                 "threads": registry.threads, "load_s": time.monotonic() - started, "sizes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sides:
+            arrays = [np.asarray(_open(p)) for p in photo_pngs(images, [side], 8, Path(tmp))]
+            res: dict = {"path": m.policy.choose(side, side).path}
+            for batch in (1, 2, 4):
+                times = _repeat(lambda b=batch, a=arrays: m.run(a[:b]), min_s)
+                res[f"batch{batch}_ms"] = 1000 * statistics.median(times)
+                res[f"batch{batch}_images_per_s"] = batch / statistics.median(times)
+            if registry.threads > 1:
+                res["lanes_images_per_s"] = _lanes(m.run, arrays, registry.threads, min_s)
+            res["batch1_latency_ms"] = res["batch1_ms"]
+            res["best_images_per_s"] = max(v for k, v in res.items()
+                                           if k.endswith("images_per_s"))
+            out["sizes"][str(side)] = res
+            print(json.dumps({"raw": side, **res}), flush=True)
+    execution.use_threads(registry.threads)
+    return out
+
+
+def _open(path: Path):  # noqa: ANN202 - PIL image
+    from PIL import Image
+    return Image.open(path).convert("RGB")
+
+
+def _repeat(fn, min_s: float, min_runs: int = 3) -> list[float]:  # noqa: ANN001
+    fn()
+    times: list[float] = []
+    while len(times) < min_runs or sum(times) < min_s:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _lanes(run, arrays: list[np.ndarray], threads: int, min_s: float) -> float:  # noqa: ANN001
+    """Images/s with two single-image forwards at once on half the threads each (whether or
+    not the policy chose lanes: the raw best is the best of everything)."""
+    from service import execution
+
+    lanes = 2
+    counts = [0] * lanes
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        execution.use_threads(threads // lanes)
+        run(arrays[i:i + 1])
+        while not stop.is_set():
+            run(arrays[i:i + 1])
+            counts[i] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(lanes)]
+    for w in workers:
+        w.start()
+    time.sleep(min(1.0, 0.1 + min_s))    # warm-up inside the threads
+    before, t0 = sum(counts), time.perf_counter()
+    time.sleep(max(min_s * 3, 0.2))
+    done, t1 = sum(counts) - before, time.perf_counter()
+    stop.set()
+    for w in workers:
+        w.join()
+    execution.use_threads(threads)
+    return done / (t1 - t0)
+
+
+def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], levels: list[int],
+          args: argparse.Namespace, log: Path) -> dict:
+    env = {"SERVICE_MODELS": args.model, "SERVICE_CACHE_BYTES": "0",
+           "SERVICE_DEVICE": args.device, "SERVICE_QUEUE_LIMIT": str(4 * max(levels)),
+           "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300",
+           **settings}
+    started = time.monotonic()
+    with serve(env, log) as url:
+        import httpx
+        models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+        result: dict = {"settings": env, "start_s": time.monotonic() - started,
+                        "policy": models[0].get("policy"), "runs": {}}
+        for run_name, files in bodies.items():
+            print(f"{name} / {run_name}", flush=True)
+            result["runs"][run_name] = drive(
+                url, f"/v1/stylize?style={args.model}", files, levels,
+                duration_s=args.duration_s, warmup_s=args.warmup_s, min_done=args.min_done,
+                max_s=args.max_level_s)
+    return result
+
+
+def targets(result: dict, one: str) -> dict:
+    """The issue's CPU targets, on this run's numbers (None where the run lacks the data)."""
+    raw_side = result["raw"]["sizes"].get(one, {})
+    runs = result["sweeps"].get("measured", {}).get("runs", {}).get(one, [])
+    at = {r["concurrency"]: r for r in runs}
+    t: dict = {}
+    if 8 in at and raw_side:
+        t["conc8_throughput_vs_raw_best"] = at[8]["throughput_per_s"] / raw_side[
+            "best_images_per_s"]
+        t["conc8_target_0.85_met"] = t["conc8_throughput_vs_raw_best"] >= 0.85
+    if 1 in at and raw_side and at[1]["p50_ms"] is not None:
+        t["conc1_p50_minus_raw_batch1_ms"] = at[1]["p50_ms"] - raw_side["batch1_latency_ms"]
+        t["conc1_target_10ms_met"] = t["conc1_p50_minus_raw_batch1_ms"] <= 10
+    if 16 in at and 4 in at:
+        t["conc16_vs_conc4_throughput"] = at[16]["throughput_per_s"] / at[4]["throughput_per_s"]
+        t["conc16_target_met"] = at[16]["throughput_per_s"] >= at[4]["throughput_per_s"]
+    errors = sum(r["errors_total"] for s in result["sweeps"].values()
+                 for rs in s["runs"].values() for r in rs)
+    t["errors_total"] = errors
+    t["zero_errors_met"] = errors == 0
+    nb = result["sweeps"].get("no_batching", {}).get("runs", {}).get(one, [])
+    top = max(result["levels"])
+    mb = {r["concurrency"]: r for r in nb}
+    if top in at and top in mb:
+        t[f"batching_vs_no_batching_at_{top}"] = (at[top]["throughput_per_s"]
+                                                  / mb[top]["throughput_per_s"])
+    return t
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for config, sweep_ in result["sweeps"].items():
+        for run_name, rows in sweep_["runs"].items():
+            x = [r["concurrency"] for r in rows]
+            style = "-" if run_name != "mixed" else "--"
+            label = f"{config}, {run_name}"
+            a.plot(x, [r["throughput_per_s"] for r in rows], style, marker="o", label=label)
+            b.plot(x, [r["p99_ms"] for r in rows], style, marker="o", label=label)
+    for side, raw_ in result["raw"]["sizes"].items():
+        a.axhline(raw_["best_images_per_s"], color="grey", lw=0.8, ls=":")
+        a.annotate(f"raw best {side}px", (1, raw_["best_images_per_s"]), fontsize=7)
+    for ax, title, unit in ((a, "throughput", "images/s"), (b, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    b.set_yscale("log")
+    m = result["machine"]
+    fig.suptitle(f"python -m bench service: {result['model']} on {m['cpu']} ({m['cores']} "
+                 f"cores), GPU {m['gpu']}, torch {m['torch']}; load "
+                 f"{result['load_average_start']} -> {result.get('load_average_end')}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--model", default="udnie")
+    p.add_argument("--size", type=int, default=256, help="side of the one-size run")
+    p.add_argument("--mixed", default="256,384,512", help="sides of the mixed run ('' off)")
+    p.add_argument("--concurrency", default="", help="levels (default 1,2,4,8,16,32; on CUDA "
+                                                     "also 64)")
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--duration-s", type=float, default=8.0, help="window per level (at least)")
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--min-done", type=int, default=24, help="answers per window (at least)")
+    p.add_argument("--max-level-s", type=float, default=60.0)
+    p.add_argument("--raw-min-s", type=float, default=1.0)
+    p.add_argument("--raw-policy", default="measure", choices=["measure", "fixed"],
+                   help="the raw model's policy (fixed: no warm-up measurement, for tests)")
+    p.add_argument("--images", default=str(PHOTOS))
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="first wait (up to 20 min) for a 1-minute load average under this")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    device = args.device if args.device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    args.device = device
+    levels = [int(c) for c in (args.concurrency or (
+        "1,2,4,8,16,32,64" if device == "cuda" else "1,2,4,8,16,32")).split(",")]
+    out = Path(args.out or f"bench/results/service-{device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    load_start = (wait_until_quiet(args.wait_quiet, 1200) if args.wait_quiet
+                  else load_average())
+    started = time.monotonic()
+    mixed = [int(s) for s in args.mixed.split(",") if s]
+    result: dict = {"benchmark": "service", "machine": describe(), "device": device,
+                    "model": args.model, "levels": levels, "load_average_start": load_start}
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(args.images)
+        count = 2 * max(levels) + 8
+        bodies = {str(args.size): photo_pngs(images, [args.size], count, Path(tmp) / "one")}
+        if mixed:
+            bodies["mixed"] = photo_pngs(images, mixed, count, Path(tmp) / "mixed", seed=1)
+        result["raw"] = raw(args.model, sorted({args.size, *mixed}), images, device,
+                            args.raw_min_s, args.raw_policy)
+        result["sweeps"] = {}
+        log = out.with_suffix(".log")
+        log.unlink(missing_ok=True)
+        for name in args.configs.split(","):
+            result["sweeps"][name] = sweep(name, CONFIGS[name], bodies, levels, args, log)
+            out.write_text(json.dumps(result, indent=1) + "\n")
+    result.update(targets=targets(result, str(args.size)), load_average_end=load_average(),
+                  duration_s=round(time.monotonic() - started, 1))
+    if device == "cpu":
+        result["gpu_sweep"] = "pending: no GPU in this session; run python -m bench service " \
+                              "on a CUDA machine"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        plot(result, out.with_suffix(".png"))
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+    print(json.dumps(result["targets"], indent=1))
+    print(f"wrote {out}")
+    return 0
