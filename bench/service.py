@@ -59,7 +59,7 @@ def raw(model: str, sides: list[int], images: Path, device: str, min_s: float,
                 times = _repeat(lambda b=batch, a=arrays: m.run(a[:b]), min_s)
                 res[f"batch{batch}_ms"] = 1000 * statistics.median(times)
                 res[f"batch{batch}_images_per_s"] = batch / statistics.median(times)
-            if registry.threads > 1:
+            if device == "cpu" and registry.threads > 1:
                 res["lanes_images_per_s"] = _lanes(m.run, arrays, registry.threads, min_s)
             res["batch1_latency_ms"] = res["batch1_ms"]
             res["best_images_per_s"] = max(v for k, v in res.items()
@@ -117,7 +117,11 @@ def _lanes(run, arrays: list[np.ndarray], threads: int, min_s: float) -> float: 
 
 def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], levels: list[int],
           args: argparse.Namespace, log: Path) -> dict:
+    budget = args.max_batch_size * max(args.size, *[int(s) for s in args.mixed.split(",") if s]
+                                       ) ** 2
     env = {"SERVICE_MODELS": args.model, "SERVICE_CACHE_BYTES": "0",
+           "SERVICE_MAX_BATCH_SIZE": str(args.max_batch_size),
+           "SERVICE_MAX_BATCH_PIXELS": str(max(budget, 4 * 512 * 512)),
            "SERVICE_DEVICE": args.device, "SERVICE_QUEUE_LIMIT": str(4 * max(levels)),
            "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300",
            **settings}
@@ -208,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="", help="levels (default 1,2,4,8,16,32; on CUDA "
                                                      "also 64)")
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--max-batch-size", type=int, default=0,
+                   help="cap of the measured policy (default 8 on the CPU, 64 on CUDA); the "
+                        "pixel budget follows it")
     p.add_argument("--duration-s", type=float, default=8.0, help="window per level (at least)")
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--min-done", type=int, default=24, help="answers per window (at least)")
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     args.device = device
+    args.max_batch_size = args.max_batch_size or (64 if device == "cuda" else 8)
     levels = [int(c) for c in (args.concurrency or (
         "1,2,4,8,16,32,64" if device == "cuda" else "1,2,4,8,16,32")).split(",")]
     out = Path(args.out or f"bench/results/service-{device}.json")

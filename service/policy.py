@@ -142,9 +142,14 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
     sizes: list[SizeChoice] = []
 
     def ms(path: str, side: int, batch: int) -> float:
-        x = test_image(side, batch).to(device)
-        return 1000 * time_call(lambda: runners[path](x), device, min_s=min_s,
-                                max_reps=max_reps) / batch
+        """Forward ms per image; infinite when the batch does not fit in device memory."""
+        try:
+            x = test_image(side, batch).to(device)
+            return 1000 * time_call(lambda: runners[path](x), device, min_s=min_s,
+                                    max_reps=max_reps) / batch
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return math.inf
 
     for side in sorted(sides):
         if sizes and time.monotonic() - started > budget_s:
@@ -157,8 +162,11 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
         batch = 1
         while batch * 2 <= limit and time.monotonic() - started < budget_s:
             batch *= 2
-            per_image[batch] = ms(best, side, batch)
-            if per_image[batch] > BATCH_GAIN * min(per_image[b] for b in per_image if b < batch):
+            cost = ms(best, side, batch)
+            if cost == math.inf:
+                break
+            per_image[batch] = cost
+            if cost > BATCH_GAIN * min(per_image[b] for b in per_image if b < batch):
                 break
         cheapest = min(per_image.values())
         chosen = min(b for b, ms in per_image.items() if ms * BATCH_GAIN <= cheapest)
