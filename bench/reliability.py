@@ -498,7 +498,10 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
         m = await svc.metrics()
         reasons = {k.split('"')[1]: int(v) for k, v in m.items()
                    if k.startswith("service_rejections_total{")}
-        settings = {"queue_limit": 64, "max_inflight": 256, "max_batch_size": 8}
+        from service.settings import Settings
+
+        settings = {name: Settings.model_fields[name].default
+                    for name in ("queue_limit", "max_inflight", "max_batch_size")}
         bound_s = (settings["queue_limit"] + settings["max_batch_size"]) / capacity
     return {
         "image": "64x64 PNG, unique bytes per request (no cache hits)",
