@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -407,7 +408,8 @@ def run_schemathesis_sync(port: int, examples: int) -> dict[str, Any]:
 
     hostile.register_image_strategies()
     schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
-    known = {"/v1/stylize": [{"style": STYLE}], "/v1/superres": [{"factor": FACTOR}]}
+    # Random names are 404s: known ones (twice as often) take requests on to the model.
+    known = {"/v1/stylize": [{"style": STYLE}] * 2, "/v1/superres": [{"factor": FACTOR}] * 2}
     operations = [("POST", "/v1/stylize"), ("POST", "/v1/superres"), ("GET", "/v1/models"),
                   ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
     results = []
@@ -416,8 +418,8 @@ def run_schemathesis_sync(port: int, examples: int) -> dict[str, Any]:
             if mode is GenerationMode.NEGATIVE and path not in known:
                 continue
             operation = schema[path][method]
-            strategy = st.one_of(operation.as_strategy(mode), *(
-                operation.as_strategy(mode, query=q) for q in known.get(path, [])))
+            strategy = st.one_of(*(operation.as_strategy(mode, query=q)
+                                   for q in known.get(path, [])), operation.as_strategy(mode))
             statuses, failure = fuzz(strategy)
             results.append({"operation": f"{method} {path}", "mode": str(mode),
                             "requests": sum(statuses.values()),
@@ -813,9 +815,17 @@ async def run_faults(log_dir: Path, quick: bool) -> dict[str, Any]:
                       ("disconnects", lambda: fault_disconnects(log_dir, quick)),
                       ("sigterm", lambda: fault_sigterm(log_dir, quick))):
         print(f"  fault: {name}", flush=True)
-        out[name] = await run()
+        out[name] = await guarded(run)
         print(f"    {json.dumps(out[name])[:400]}", flush=True)
     return out
+
+
+async def guarded(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """A section's result, or the error that stopped it (the other sections still run)."""
+    try:
+        return await run()
+    except Exception:
+        return {"error": traceback.format_exc(limit=8)}
 
 
 # -- soak ------------------------------------------------------------------------------------------
@@ -888,12 +898,28 @@ async def run_soak(log_dir: Path, soak_s: float) -> dict[str, Any]:
 
 # -- report ----------------------------------------------------------------------------------------
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any], passed: bool) -> str:
+    report = dict(report)
+    errors = []
+    for name in ("corpus", "schemathesis", "overload", "faults", "soak"):
+        section = report.get(name)
+        if isinstance(section, dict) and "error" in section:
+            errors.append(f"- **{name}** stopped with an error:\n\n```\n{section['error']}```")
+            report[name] = None
+    if isinstance(report.get("faults"), dict):
+        report["faults"] = dict(report["faults"])
+        for name, fault in list(report["faults"].items()):
+            if isinstance(fault, dict) and "error" in fault:
+                errors.append(f"- **fault {name}** stopped with an error:\n\n```\n"
+                              f"{fault['error']}```")
+                del report["faults"][name]
     lines = [f"# Reliability ({'quick' if report['quick'] else 'full'} run)", "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, torch "
              f"{report['machine']['torch']}; load average before: {report['load_before']}, "
-             f"after: {report['load_after']}. Service: `python -m service` on 127.0.0.1, CPU, "
-             f"shipped models {STYLE} and {SR_MODEL}. Limits: "
+             f"after: {report['load_after']}. Commit {report['commit']}. Service: `python -m "
+             f"service` on 127.0.0.1, CPU, shipped models {STYLE} and {SR_MODEL}, "
+             f"SERVICE_TORCH_THREADS=1 (one core computes; the other serves HTTP and runs this "
+             f"load generator). Limits: "
              + ", ".join(f"{k}={v}" for k, v in report["limits"].items()) + ".", ""]
     c = report.get("corpus")
     if c:
@@ -989,7 +1015,23 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{k['rss_after_warmup_mib']} MiB after the {k['warmup_s']:g} s warm-up, "
                   f"{k['rss_end_mib']} MiB at the end (peak {k['rss_peak_mib']}): growth after "
                   f"warm-up {k['rss_growth_after_warmup_pct']} %.", ""]
+    if errors:
+        lines += ["## Errors", "", *errors, ""]
+    lines += [f"Verdict: {'every claim held' if passed else 'NOT every claim held (see above)'}.",
+              ""]
     return "\n".join(lines)
+
+
+def commit() -> str | None:
+    """The commit measured: BENCH_COMMIT (for an exported tree), else git's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    with suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
 
 
 def load_average() -> float:
@@ -1002,7 +1044,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     report: dict[str, Any] = {
         "quick": args.quick, "machine": describe(), "load_before": load_average(),
-        "limits": {k: v for k, v in vars(LIMITS).items()}, "logs": str(log_dir)}
+        "limits": {k: v for k, v in vars(LIMITS).items()}, "logs": str(log_dir),
+        "commit": commit()}
     overload_s = args.overload_s or (10.0 if args.quick else 60.0)
     soak_s = args.soak_s if args.soak_s is not None else (60.0 if args.quick else 900.0)
     steps = {"corpus": lambda: run_corpus(log_dir, args.quick),
@@ -1013,7 +1056,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in sections:
         print(f"{name} (load average {load_average()})", flush=True)
         started = time.monotonic()
-        report[name] = await steps[name]()
+        report[name] = await guarded(steps[name])
         report[name]["wall_s"] = round(time.monotonic() - started, 1)
     report["load_after"] = load_average()
     return report
@@ -1036,14 +1079,22 @@ def main(argv: list[str]) -> int:
     stem = "reliability-quick" if args.quick else "reliability"
     if args.only:
         stem += "-" + args.only.replace(",", "-")
+    passed = verdict(report)
+    report["passed"] = passed
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report) + "\n")
-    print(f"wrote {args.out / stem}.json and .md")
-    return 0 if verdict(report) else 1
+    (args.out / f"{stem}.md").write_text(markdown(report, passed) + "\n")
+    print(f"wrote {args.out / stem}.json and .md; every claim held: {passed}")
+    return 0 if passed else 1
 
 
 def verdict(report: dict[str, Any]) -> bool:
-    """True when every section that ran met its claim."""
+    """True when every section that ran met its claim (an error in a section fails it)."""
+    sections = [report[k] for k in ("corpus", "schemathesis", "overload", "faults", "soak")
+                if k in report]
+    faults = report.get("faults", {})
+    if any("error" in x for x in [*sections, *(v for v in faults.values()
+                                                 if isinstance(v, dict))]):
+        return False
     checks = []
     if c := report.get("corpus"):
         checks += [not c["not_as_expected"], c["server_5xx"] == 0, not c["no_answer"],
@@ -1053,7 +1104,7 @@ def verdict(report: dict[str, Any]) -> bool:
     if o := report.get("overload"):
         checks += [o["other"] == 0, o["shed_429"] == o["shed_with_retry_after"],
                    set(o["after"]["statuses"]) == {200}]
-    if f := report.get("faults"):
+    if f := faults:
         checks += [f["redis"]["failed"] == 0, f["redis"]["first_hit_after_restart_s"] is not None,
                    f["raising_model"]["500s_exactly_the_failed_batches"],
                    f["raising_model"]["others_200"], f["disconnects"]["queue_depth_after"] == 0,
@@ -1062,4 +1113,3 @@ def verdict(report: dict[str, Any]) -> bool:
     if k := report.get("soak"):
         checks += [not k["unexpected"], k["rss_growth_after_warmup_pct"] < 5]
     return all(checks)
-
