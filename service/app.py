@@ -13,8 +13,9 @@ from service.errors import install_handlers
 from service.lifecycle import build_services
 from service.middleware import LoadShed, RequestContext, RequestLimits
 from service.ratelimit import RateLimit, make_limiter
-from service.routes import ops, transform
+from service.routes import ops, transform, web
 from service.settings import Settings, get_settings
+from service.tiling import TileConfig
 
 DESCRIPTION = """
 Real-time neural style transfer and super-resolution (Johnson et al. 2016, *Perceptual Losses
@@ -27,6 +28,12 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
 * Inputs: EXIF orientation is applied. Grayscale, palette and CMYK images become RGB; 16-bit
   images are scaled to 8 bits; alpha is carried over to PNG/WebP output (JPEG output is
   composited on white). Animated or multi-page images are refused with 415.
+* `POST /v1/stylize` also takes `strength=0..1` (a pixel-space blend of the stylised output
+  with the input) and `preserve_color=true` (the output's luminance with the input's colours).
+* Images whose output is over the tiling threshold run in overlapping, feathered tiles, so
+  memory is bounded by the tile size (e.g. 4096x4096 inputs for style).
+* A web page at `/` uploads an image and shows the result; `GET /v1/styles/{name}/thumbnail`
+  is a small JPEG of a style's painting.
 * Errors are JSON `{"error": {"code": ..., "message": ...}}`.
 * When the deployment configures API keys, `/v1/*` needs `Authorization: Bearer KEY` or
   `X-API-Key: KEY` (401 otherwise); a per-key rate limit answers 429 with `Retry-After`.
@@ -48,14 +55,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.stop()
+            services.inference.close()
             if limiter is not None:
                 await limiter.close()
 
     app = FastAPI(title="Perceptual transform service", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
+    services.inference.tiling = TileConfig(   # big images run in tiles (service/tiling.py)
+        threshold_pixels=settings.tile_threshold_pixels, size=settings.tile_size,
+        overlap=settings.tile_overlap, superres_size=settings.superres_tile_size,
+        superres_overlap=settings.superres_tile_overlap, norm_stats=settings.tile_norm_stats,
+        batch_size=settings.max_batch_size, batch_pixels=settings.max_batch_pixels)
     app.include_router(transform.router)
     app.include_router(ops.router)
+    app.include_router(web.router)              # the page at / and style thumbnails
+    app.mount("/static", web.static_files(), name="static")
     install_handlers(app, services.metrics)
     # Added innermost first. A request meets: LoadShed (429 at once when overloaded) ->
     # RequestContext (id, metrics, access log) -> RequestLimits (URL, headers) -> ApiKeyAuth ->

@@ -190,3 +190,37 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) ->
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return buf.getvalue()
+
+
+# Luma weights of YIQ (and of YCbCr/BT.601): Y = 0.299 R + 0.587 G + 0.114 B.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_MIX_ROWS = 256  # rows per chunk: float temporaries stay small on a 4096x4096 image
+
+
+def mix_style(content: np.ndarray, stylised: np.ndarray, *, strength: float = 1.0,
+              preserve_color: bool = False) -> np.ndarray:
+    """How much of the style, and whether to keep the input's colours (uint8 in, uint8 out).
+
+    `strength` blends in pixel space: out = s * stylised + (1 - s) * content. The per-style
+    networks have no feature space to blend in; a conditional-instance-norm network could
+    blend its style parameters instead, and would replace this call.
+
+    `preserve_color` is the luminance-only transfer of Gatys et al. 2016 ("Preserving color in
+    neural artistic style transfer"), as post-processing: the luminance Y of the (blended)
+    output with the chroma (I, Q) of the input. Y's weights sum to 1 and I's and Q's to 0, so
+    adding the change in Y to R, G and B alike changes Y by exactly that and leaves I and Q
+    as they were (up to clipping to 0..255).
+    """
+    if content.shape != stylised.shape:
+        raise ValueError(f"content {content.shape} and stylised {stylised.shape} differ")
+    out = np.empty_like(stylised)
+    for top in range(0, stylised.shape[0], _MIX_ROWS):
+        c = content[top:top + _MIX_ROWS].astype(np.float32)
+        s = stylised[top:top + _MIX_ROWS].astype(np.float32)
+        if preserve_color:
+            mixed = c + strength * ((s - c) @ _LUMA)[..., None]
+        else:
+            mixed = c + strength * (s - c)
+        np.clip(np.rint(mixed), 0, 255, out=mixed)
+        out[top:top + _MIX_ROWS] = mixed
+    return out

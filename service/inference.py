@@ -1,13 +1,20 @@
 """One transform request end to end: cache, single flight, decode, batch, encode.
 
 Decoding and encoding run in a thread pool and the forward pass on the batcher's worker, so
-the event loop only schedules. Routes call `Inference.transform`; nothing here knows HTTP.
+the event loop only schedules. Images whose output is over `TileConfig.threshold_pixels` run in
+tiles (service/tiling.py): through the batcher for networks without instance norm; for
+instance-norm networks on a thread of their own, one image at a time, since their tiles need
+the whole image's statistics, which the shared batched `run` cannot carry. Style requests may
+mix the output with the input (`StyleOptions`). Routes call `Inference.transform`; nothing
+here knows HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +28,7 @@ from service.cache import Cache, cache_key
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, is_oom
 from service.singleflight import SingleFlight
+from service.tiling import ImageNorm, TileConfig, has_instance_norm, run_tiled_async
 
 PIPELINE_VERSION = 1  # bump when decoding/encoding changes the bytes, to invalidate caches
 
@@ -33,6 +41,20 @@ class OutputOptions:
     @property
     def content_type(self) -> str:
         return imaging.OUTPUT_CONTENT_TYPES[self.format]
+
+
+@dataclass(frozen=True)
+class StyleOptions:
+    """How much of the style to apply and whether to keep the input's colours (see
+    `imaging.mix_style`); style models only."""
+
+    strength: float = 1.0          # 0..1
+    preserve_color: bool = False
+
+    @property
+    def is_plain(self) -> bool:
+        """The network's output as it is."""
+        return self.strength == 1.0 and not self.preserve_color
 
 
 @dataclass(frozen=True)
@@ -54,33 +76,46 @@ class _Prepared:
 class Inference:
     def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], np.ndarray, np.ndarray],
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
-                 max_pixels: int, max_output_pixels: int) -> None:
+                 max_pixels: int, max_output_pixels: int,
+                 tiling: TileConfig | None = None) -> None:
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
         self.codec_pool = codec_pool
         self.max_pixels = max_pixels
         self.max_output_pixels = max_output_pixels
+        self.tiling = tiling    # None: never tile
+        # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model.
+        self._image_norm_pool = ThreadPoolExecutor(max_workers=1,
+                                                   thread_name_prefix="image-norm")
+        self._image_norms: dict[tuple[str, str], ImageNorm] = {}   # used on that thread only
         self.flights: SingleFlight[tuple[bytes, dict[str, float]]] = SingleFlight()
 
     async def transform(self, model: LoadedModel, data: bytes, options: OutputOptions, *,
-                        deadline: float) -> Outcome:
+                        deadline: float, style: StyleOptions | None = None) -> Outcome:
         """The encoded output for `data`; identical concurrent requests compute once."""
-        key = cache_key(hashlib.sha256(data).hexdigest(), model.digest, {
+        style = style if model.task == "style" else None
+        params: dict[str, object] = {
             "model": model.name, "dtype": model.dtype_name, "format": options.format,
             "quality": options.quality if options.format != "png" else None,
-            "pipeline": PIPELINE_VERSION})
+            "pipeline": PIPELINE_VERSION}
+        if style is not None:
+            params["style"] = [style.strength, style.preserve_color]
+        if self.tiling is not None:  # tiled outputs differ slightly with the tiling settings
+            params["tiling"] = [self.tiling.threshold_pixels, *self.tiling.tile_for(model.factor)]
+        key = cache_key(hashlib.sha256(data).hexdigest(), model.digest, params)
         cached = await self.cache.get(key)
         if cached is not None:
             return Outcome(cached, options.content_type, "hit")
         (body, timings), shared = await self.flights.do(
-            key, lambda: self._compute(key, model, data, options, deadline))
+            key, lambda: self._compute(key, model, data, options, deadline, style))
         if shared:
             self.metrics.singleflight_shared.inc()
         return Outcome(body, options.content_type, "hit" if shared else "miss", timings)
 
     async def _compute(self, key: str, model: LoadedModel, data: bytes, options: OutputOptions,
-                       deadline: float) -> tuple[bytes, dict[str, float]]:
+                       deadline: float, style: StyleOptions | None
+                       ) -> tuple[bytes, dict[str, float]]:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         prepared = await loop.run_in_executor(self.codec_pool, partial(
@@ -90,36 +125,132 @@ class Inference:
         self.metrics.decode.observe(decode_s)
 
         h, w = prepared.pixels.shape[:2]
-        try:
-            done = await self.batcher.submit((model.name, h, w), prepared.pixels,
-                                             deadline=deadline, cost=h * w)
-        except batching.QueueFull as e:
-            raise errors.QueueFull(f"the server is busy: {e}; retry later",
-                                   headers={"Retry-After": "1"}) from None
-        except batching.DeadlineExceeded:
-            raise errors.DeadlineExceeded("the request timed out before its compute started"
-                                          ) from None
-        except batching.BatcherClosed:
-            raise errors.ShuttingDown("the server is shutting down",
-                                      headers={"Retry-After": "1"}) from None
-        except Exception as e:
-            if is_oom(e):
-                raise errors.OutOfMemory("the device ran out of memory for this image; retry "
-                                         "later or send a smaller one",
-                                         headers={"Retry-After": "1"}) from None
-            raise errors.ComputeFailed(f"model {model.name} failed: {type(e).__name__}: {e}"
-                                       ) from e
-
         f = model.factor
-        pixels = done.value[: prepared.height * f, : prepared.width * f]
+        timings: dict[str, float] = {"decode": decode_s}
+        if style is not None and style.strength == 0:
+            output = prepared.pixels    # nothing of the style: the network need not run
+        elif self.tiling is not None and self.tiling.applies(h, w, f):
+            if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
+                output = await self._run_tiled_image_norm(model, prepared.pixels, deadline,
+                                                          timings)
+            else:
+                output = await self._run_tiled(model, prepared.pixels, deadline, timings)
+        else:
+            done = await self._submit(model, prepared.pixels, deadline)
+            output = done.value
+            timings.update(queue=done.queue_s, compute=done.compute_s)
+
+        pixels = output[: prepared.height * f, : prepared.width * f]
+        content = prepared.pixels[: prepared.height, : prepared.width]
         started = time.monotonic()
         body = await loop.run_in_executor(self.codec_pool, partial(
-            imaging.encode, pixels, prepared.alpha, options.format, options.quality))
-        encode_s = time.monotonic() - started
-        self.metrics.encode.observe(encode_s)
+            _finish, pixels, content, prepared.alpha, options, style))
+        timings["encode"] = time.monotonic() - started
+        self.metrics.encode.observe(timings["encode"])
         await self.cache.set(key, body)
-        return body, {"decode": decode_s, "queue": done.queue_s, "compute": done.compute_s,
-                      "encode": encode_s}
+        return body, timings
+
+    async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, deadline: float,
+                         timings: dict[str, float]) -> np.ndarray:
+        """`pixels` through the batcher tile by tile. The deadline bounds the wait of the first
+        tile only: once the computation has started, the request is not abandoned."""
+        assert self.tiling is not None
+        size, overlap = self.tiling.tile_for(model.factor)
+        started = time.monotonic()
+        queue_s: float | None = None   # the first tile's wait; run_tiled_async awaits it alone
+
+        async def submit(tile: np.ndarray) -> np.ndarray:
+            nonlocal queue_s
+            done = await self._submit(model, tile, deadline if queue_s is None else math.inf)
+            if queue_s is None:
+                queue_s = done.queue_s
+            return done.value
+
+        output = await run_tiled_async(pixels, submit, tile=size, overlap=overlap,
+                                       factor=model.factor, window=self.tiling.batch_size,
+                                       executor=self.codec_pool)
+        assert queue_s is not None
+        timings.update(queue=queue_s, compute=time.monotonic() - started - queue_s)
+        return output
+
+    async def _run_tiled_image_norm(self, model: LoadedModel, pixels: np.ndarray,
+                                    deadline: float, timings: dict[str, float]) -> np.ndarray:
+        """`pixels` in tiles with the whole image's instance-norm statistics (tiling.ImageNorm)
+        on the image-norm thread. The deadline bounds the wait for that thread; a client that
+        goes away stops the job before its next forward pass."""
+        assert self.tiling is not None
+        size, overlap = self.tiling.tile_for(model.factor)
+        tile_h, tile_w = min(size, pixels.shape[0]), min(size, pixels.shape[1])
+        batch_size = self.tiling.tiles_per_batch(tile_h, tile_w)
+        stop = threading.Event()
+        queued_at = time.monotonic()
+
+        def job() -> tuple[np.ndarray, float]:
+            started = time.monotonic()
+            if started >= deadline:
+                raise batching.DeadlineExceeded("the deadline passed while the image waited")
+            key = (model.name, model.digest)
+            if key not in self._image_norms:
+                self._image_norms[key] = ImageNorm(model.module, model.device, model.dtype)
+            output = self._image_norms[key].run_tiled(
+                pixels, tile=size, overlap=overlap, factor=model.factor, batch_size=batch_size,
+                should_stop=stop.is_set)
+            return output, started
+
+        loop = asyncio.get_running_loop()
+        try:
+            output, started = await loop.run_in_executor(self._image_norm_pool, job)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        except Exception as e:
+            raise _service_error(model, e) from (None if _is_expected(e) else e)
+        timings.update(queue=started - queued_at, compute=time.monotonic() - started)
+        return output
+
+    def close(self) -> None:
+        """Stop the image-norm thread (a job still running finishes on its own)."""
+        self._image_norm_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _submit(self, model: LoadedModel, pixels: np.ndarray,
+                      deadline: float) -> batching.Done[np.ndarray]:
+        """One image (or tile) through the batcher; its errors become service errors."""
+        h, w = pixels.shape[:2]
+        try:
+            return await self.batcher.submit((model.name, h, w), pixels,
+                                             deadline=deadline, cost=h * w)
+        except Exception as e:
+            raise _service_error(model, e) from (None if _is_expected(e) else e)
+
+
+def _is_expected(e: BaseException) -> bool:
+    """The batcher's own refusals, which need no traceback."""
+    return isinstance(e, batching.QueueFull | batching.DeadlineExceeded
+                      | batching.BatcherClosed) or is_oom(e)
+
+
+def _service_error(model: LoadedModel, e: Exception) -> errors.ServiceError:
+    """What the client is told when computing `model` raised `e`."""
+    if isinstance(e, batching.QueueFull):
+        return errors.QueueFull(f"the server is busy: {e}; retry later",
+                                headers={"Retry-After": "1"})
+    if isinstance(e, batching.DeadlineExceeded):
+        return errors.DeadlineExceeded("the request timed out before its compute started")
+    if isinstance(e, batching.BatcherClosed):
+        return errors.ShuttingDown("the server is shutting down", headers={"Retry-After": "1"})
+    if is_oom(e):
+        return errors.OutOfMemory("the device ran out of memory for this image; retry later "
+                                  "or send a smaller one", headers={"Retry-After": "1"})
+    return errors.ComputeFailed(f"model {model.name} failed: {type(e).__name__}: {e}")
+
+
+def _finish(pixels: np.ndarray, content: np.ndarray, alpha: np.ndarray | None,
+            options: OutputOptions, style: StyleOptions | None) -> bytes:
+    """Mix with the input if asked, then encode (runs in the codec pool)."""
+    if style is not None and not style.is_plain:
+        pixels = imaging.mix_style(content, pixels, strength=style.strength,
+                                   preserve_color=style.preserve_color)
+    return imaging.encode(pixels, alpha, options.format, options.quality)
 
 
 def _prepare(data: bytes, *, max_pixels: int, scale: int, max_output_pixels: int) -> _Prepared:

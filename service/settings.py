@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store import SHIPPED_ROOT
 
 MiB = 1024 * 1024
+
+
+def _default_style_images() -> Path | None:
+    """The style paintings of a checkout (<repo>/../shared/data/styles), when present."""
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "styles"
+    return folder if folder.is_dir() else None
 
 
 class Settings(BaseSettings):
@@ -44,6 +50,30 @@ class Settings(BaseSettings):
         description="output sides measured at warm-up (comma-separated)")
     policy_budget_s: float = Field(
         8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
+
+    # Big images: tiled inference (service/tiling.py)
+    tile_threshold_pixels: int = Field(
+        2048 * 2048, ge=1, description="network output pixels above which an image is cut "
+                                       "into tiles (a tile's activations, not the image's, "
+                                       "then bound the memory)")
+    tile_size: int = Field(1024, ge=32, description="style tile side, input pixels")
+    tile_overlap: int = Field(128, ge=0, description="overlap of neighbouring style tiles, "
+                                                     "input pixels")
+    tile_norm_stats: Literal["image", "tile"] = Field(
+        "image", description="instance-norm networks in tiles: 'image' measures the whole "
+                             "image's statistics first (matches untiled output; several "
+                             "extra passes), 'tile' lets each tile use its own (one pass; "
+                             "colours and contrast differ from untiled)")
+    superres_tile_size: int = Field(128, ge=16, description="super-resolution tile side, "
+                                                             "input pixels")
+    superres_tile_overlap: int = Field(16, ge=0, description="overlap of neighbouring "
+                                                             "super-resolution tiles, input px")
+
+    # The web page (service/routes/web.py)
+    style_images_dir: Path | None = Field(
+        default_factory=lambda: _default_style_images(),
+        description="folder of style paintings <style>.jpg for the page's thumbnails; "
+                    "unset = none (the page shows names)")
 
     # Limits on what a client may send
     max_body_bytes: int = Field(20 * MiB, ge=1)
@@ -83,6 +113,17 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @model_validator(mode="after")
+    def _tiles_overlap_less_than_half(self) -> Settings:
+        """A tile must advance: its overlap on both sides must leave some of it new."""
+        for size, overlap, name in ((self.tile_size, self.tile_overlap, "tile"),
+                                    (self.superres_tile_size, self.superres_tile_overlap,
+                                     "superres_tile")):
+            if 2 * overlap >= size:
+                raise ValueError(f"{name}_overlap ({overlap}) must be under half of "
+                                 f"{name}_size ({size})")
+        return self
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
@@ -106,7 +147,7 @@ class Settings(BaseSettings):
             return [int(n) for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("redis_url", "metrics_api_key", mode="before")
+    @field_validator("redis_url", "metrics_api_key", "style_images_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import (
     ModelDep,
@@ -16,7 +16,7 @@ from service.deps import (
     unless_disconnected,
 )
 from service.imaging import INPUT_CONTENT_TYPES, OUTPUT_CONTENT_TYPES
-from service.inference import Outcome, OutputOptions
+from service.inference import Outcome, OutputOptions, StyleOptions
 from service.lifecycle import Services
 from service.registry import LoadedModel
 from service.schemas import ErrorResponse
@@ -53,26 +53,40 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/stylize", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,
              summary="Stylise an image")
-async def stylize(ticket: TicketDep, model: ModelDep, options: OutputDep,
-                  request: Request, services: ServicesDep) -> Response:
-    """Apply the style network `style` to the image in the body; the output has its size."""
-    return await _transform(request, services, model, options, ticket.deadline)
+async def stylize(
+    ticket: TicketDep, model: ModelDep, options: OutputDep, request: Request,
+    services: ServicesDep,
+    strength: Annotated[float, Query(
+        ge=0, le=1, allow_inf_nan=False,
+        description="how much of the style, 0..1: a pixel-space blend "
+                    "strength * stylised + (1 - strength) * input")] = 1.0,
+    preserve_color: Annotated[bool, Query(
+        description="keep the input's colours: the output's luminance with the input's "
+                    "chroma (YIQ), as in Gatys et al. 2016")] = False,
+) -> Response:
+    """Apply the style network `style` to the image in the body; the output has its size.
+    Images over the tiling threshold are stylised in overlapping tiles."""
+    style = StyleOptions(strength=strength, preserve_color=preserve_color)
+    return await _transform(request, services, model, options, ticket.deadline, style)
 
 
 @router.post("/superres", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,
              summary="Upscale an image")
 async def superres(ticket: TicketDep, model: SuperResDep, options: OutputDep,
                    request: Request, services: ServicesDep) -> Response:
-    """Upscale the image in the body by `factor` with a super-resolution network."""
+    """Upscale the image in the body by `factor` with a super-resolution network. Images whose
+    output is over the tiling threshold are upscaled in overlapping tiles."""
     return await _transform(request, services, model, options, ticket.deadline)
 
 
 async def _transform(request: Request, services: Services, model: LoadedModel,
-                     options: OutputOptions, deadline: float) -> Response:
+                     options: OutputOptions, deadline: float,
+                     style: StyleOptions | None = None) -> Response:
     data = await read_image(request, services.settings.max_body_bytes,
                             services.settings.body_timeout_s)
     outcome = await unless_disconnected(
-        request, services.inference.transform(model, data, options, deadline=deadline))
+        request, services.inference.transform(model, data, options, deadline=deadline,
+                                              style=style))
     request.state.cache = outcome.cache
     return _image_response(outcome)
 

@@ -152,7 +152,8 @@ async def test_other_modes_are_converted(api: Running, mode: str, out_mode: str)
 async def test_openapi_documents_the_api(api: Running) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     stylize = spec["paths"]["/v1/stylize"]["post"]
-    assert {p["name"] for p in stylize["parameters"]} == {"style", "format", "quality"}
+    assert {p["name"] for p in stylize["parameters"]} == {"style", "format", "quality",
+                                                           "strength", "preserve_color"}
     body = stylize["requestBody"]["content"]
     assert "image/png" in body and "multipart/form-data" in body
     assert "image/webp" in stylize["responses"]["200"]["content"]

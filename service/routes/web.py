@@ -1,0 +1,86 @@
+"""The web page at / (service/static: plain HTML, CSS and JS, no build step) and the style
+thumbnails it shows.
+
+Thumbnails are made in memory from the paintings in `Settings.style_images_dir`
+(<style>.jpg, .jpeg, .png or .webp); nothing is copied into the repository or written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Response
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from service import errors
+from service.deps import ServicesDep
+from service.schemas import ErrorResponse
+
+STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
+THUMBNAIL_PX = 160           # longest side
+PAINTING_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+router = APIRouter()
+
+
+def static_files() -> StaticFiles:
+    """The page's scripts and styles, mounted at /static."""
+    return StaticFiles(directory=STATIC_DIR)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/styles/{name}/thumbnail", response_class=Response, tags=["transform"],
+            summary="A small JPEG of a style's painting",
+            responses={200: {"content": {"image/jpeg": {}}},
+                       404: {"model": ErrorResponse,
+                             "description": "unknown style, or no painting for it"}})
+def thumbnail(name: Annotated[str, PathParam(min_length=1, max_length=64)],
+              services: ServicesDep) -> Response:
+    """The painting the style network was trained on, at most 160 px a side. (A plain `def`:
+    FastAPI runs it in a thread, so the first decode of a painting never blocks the loop.)"""
+    model = services.registry.get(name)
+    if model is None or model.task != "style":
+        available = ", ".join(services.registry.styles()) or "none"
+        raise errors.UnknownModel(f"unknown style {name!r}; available: {available}")
+    painting = find_painting(services.settings.style_images_dir, model.name)
+    if painting is None:
+        return errors.error_response(404, "no_thumbnail",
+                                     f"no painting for style {name!r} is configured")
+    body = _thumbnail(painting, painting.stat().st_mtime_ns)
+    return Response(body, media_type="image/jpeg",
+                    headers={"Cache-Control": "public, max-age=86400"})
+
+
+def find_painting(folder: Path | None, style: str) -> Path | None:
+    """<folder>/<style>.<jpg|jpeg|png|webp>, the first that exists; None without a folder.
+    `style` is the name of a loaded model, never raw client text, and must stay in `folder`."""
+    if folder is None:
+        return None
+    for suffix in PAINTING_SUFFIXES:
+        path = folder / f"{style}{suffix}"
+        if path.parent == folder and path.is_file():
+            return path
+    return None
+
+
+@lru_cache(maxsize=64)
+def _thumbnail(path: Path, mtime_ns: int) -> bytes:
+    """The JPEG thumbnail of `path`, cached per file version (mtime is part of the key)."""
+    with Image.open(path) as im:
+        im.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))   # JPEG: decode at a reduced size
+        im = im.convert("RGB")
+        im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()

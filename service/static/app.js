@@ -1,0 +1,210 @@
+// The page at /: pick an image and a transform, POST it, show before/after, offer a download.
+// Plain browser JavaScript, no build step and nothing from outside this service.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  form: $("form"), file: $("file"), drop: $("drop"), fileInfo: $("file-info"),
+  styles: $("styles"), factors: $("factors"),
+  styleOptions: $("style-options"), superresOptions: $("superres-options"),
+  strength: $("strength"), strengthValue: $("strength-value"), preserveColor: $("preserve-color"),
+  apiKey: $("api-key"), submit: $("submit"), status: $("status"), error: $("error"),
+  resultBox: $("result-box"), compare: $("compare"), before: $("before"), result: $("result"),
+  split: $("split"), download: $("download"), resultInfo: $("result-info"),
+};
+let image = null;                       // the chosen File
+const urls = { before: null, result: null };
+
+function headers() {
+  const key = ui.apiKey.value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+function showError(text) {
+  ui.error.textContent = text;
+  ui.error.hidden = !text;
+}
+
+// The service answers errors as {"error": {"code", "message"}}; anything else is shown as is.
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) {
+      return `${body.error.message} (${response.status} ${body.error.code})`;
+    }
+  } catch (_) { /* not JSON */ }
+  return `the service answered ${response.status} ${response.statusText}`;
+}
+
+function setObjectUrl(which, blob) {
+  if (urls[which]) URL.revokeObjectURL(urls[which]);
+  urls[which] = URL.createObjectURL(blob);
+  return urls[which];
+}
+
+function task() {
+  return ui.form.elements.task.value;
+}
+
+function showTaskOptions() {
+  const style = task() === "style";
+  ui.styleOptions.hidden = !style;
+  ui.superresOptions.hidden = style;
+}
+
+// One radio button per style (with the painting's thumbnail when the service has it) and one
+// per super-resolution factor, from GET /v1/models.
+async function loadModels() {
+  let response;
+  try {
+    response = await fetch("/v1/models", { headers: headers() });
+  } catch (e) {
+    ui.styles.textContent = `Could not reach the service: ${e.message}`;
+    return;
+  }
+  if (response.status === 503) {                      // still loading the models
+    setTimeout(loadModels, 1000);
+    return;
+  }
+  if (!response.ok) {
+    ui.styles.textContent = `Could not list the models: ${await errorText(response)}`;
+    return;
+  }
+  const { models } = await response.json();
+  const styles = models.filter((m) => m.task === "style").map((m) => m.name).sort();
+  const factors = [...new Set(models.filter((m) => m.task === "superres").map((m) => m.factor))]
+    .sort((a, b) => a - b);
+
+  ui.styles.replaceChildren(...styles.map((name, i) => styleChoice(name, i === 0)));
+  if (!styles.length) ui.styles.textContent = "No style models are loaded.";
+  ui.factors.replaceChildren(...factors.map((factor, i) => {
+    const label = document.createElement("label");
+    const input = Object.assign(document.createElement("input"),
+      { type: "radio", name: "factor", value: String(factor), checked: i === 0 });
+    label.append(input, ` ×${factor}`);
+    return label;
+  }));
+  if (!factors.length) ui.factors.textContent = "No super-resolution models are loaded.";
+}
+
+function styleChoice(name, checked) {
+  const label = document.createElement("label");
+  label.className = "style-choice";
+  const input = Object.assign(document.createElement("input"),
+    { type: "radio", name: "style", value: name, checked });
+  const caption = document.createElement("span");
+  caption.textContent = name.replaceAll("_", " ");
+  label.append(input, caption);
+  loadThumbnail(name, label, caption);
+  return label;
+}
+
+// Fetched (not <img src>) so that an API key can go with it; without a painting the choice
+// shows just the name.
+async function loadThumbnail(name, label, caption) {
+  try {
+    const response = await fetch(`/v1/styles/${encodeURIComponent(name)}/thumbnail`,
+      { headers: headers() });
+    if (!response.ok) return;
+    const img = Object.assign(document.createElement("img"),
+      { alt: "", src: URL.createObjectURL(await response.blob()) });
+    label.insertBefore(img, caption);
+  } catch (_) { /* the name is enough */ }
+}
+
+function chooseFile(file) {
+  image = file || null;
+  showError("");
+  ui.fileInfo.textContent = image
+    ? `${image.name} (${Math.ceil(image.size / 1024)} KiB)` : "";
+}
+
+function requestUrl() {
+  const params = new URLSearchParams({ format: "png" });
+  if (task() === "style") {
+    const style = ui.form.elements.style && ui.form.elements.style.value;
+    if (!style) return null;
+    params.set("style", style);
+    params.set("strength", ui.strength.value);
+    if (ui.preserveColor.checked) params.set("preserve_color", "true");
+    return `/v1/stylize?${params}`;
+  }
+  const factor = ui.form.elements.factor && ui.form.elements.factor.value;
+  if (!factor) return null;
+  params.set("factor", factor);
+  return `/v1/superres?${params}`;
+}
+
+async function transform(event) {
+  event.preventDefault();
+  showError("");
+  if (!image) {
+    showError("Choose an image first.");
+    ui.file.focus();
+    return;
+  }
+  const url = requestUrl();
+  if (!url) {
+    showError("No model is available for this transform.");
+    return;
+  }
+  const body = new FormData();
+  body.append("image", image, image.name);
+  ui.submit.disabled = true;
+  ui.status.textContent = "Working…";
+  const started = performance.now();
+  try {
+    const response = await fetch(url, { method: "POST", body, headers: headers() });
+    if (!response.ok) {
+      showError(`The image could not be transformed: ${await errorText(response)}`);
+      ui.status.textContent = "";
+      return;
+    }
+    const blob = await response.blob();
+    await showResult(blob, response, (performance.now() - started) / 1000);
+  } catch (e) {
+    showError(`The request failed: ${e.message}`);
+    ui.status.textContent = "";
+  } finally {
+    ui.submit.disabled = false;
+  }
+}
+
+async function showResult(blob, response, seconds) {
+  ui.before.src = setObjectUrl("before", image);
+  ui.result.src = setObjectUrl("result", blob);
+  // Browsers cannot show every input format (TIFF): the "before" is best effort.
+  await Promise.all([ui.before.decode().catch(() => {}), ui.result.decode()]);
+  ui.compare.style.maxWidth = `${ui.result.naturalWidth}px`;
+  const suffix = task() === "style"
+    ? ui.form.elements.style.value : `x${ui.form.elements.factor.value}`;
+  ui.download.href = urls.result;
+  ui.download.download = `${image.name.replace(/\.[^.]*$/, "")}-${suffix}.png`;
+  ui.resultInfo.textContent = `${ui.result.naturalWidth}×${ui.result.naturalHeight} px, ` +
+    `${seconds.toFixed(1)} s (cache ${response.headers.get("X-Cache") || "?"})`;
+  ui.resultBox.hidden = false;
+  ui.status.textContent = "Done.";
+}
+
+ui.file.addEventListener("change", () => chooseFile(ui.file.files[0]));
+ui.drop.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  ui.drop.classList.add("dragging");
+});
+ui.drop.addEventListener("dragleave", () => ui.drop.classList.remove("dragging"));
+ui.drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  ui.drop.classList.remove("dragging");
+  if (e.dataTransfer.files.length) chooseFile(e.dataTransfer.files[0]);
+});
+ui.form.addEventListener("change", (e) => { if (e.target.name === "task") showTaskOptions(); });
+ui.strength.addEventListener("input", () => {
+  ui.strengthValue.textContent = Number(ui.strength.value).toFixed(2);
+});
+ui.split.addEventListener("input", () => {
+  ui.compare.style.setProperty("--split", `${ui.split.value}%`);
+});
+ui.apiKey.addEventListener("change", loadModels);
+ui.form.addEventListener("submit", transform);
+showTaskOptions();
+loadModels();
