@@ -117,8 +117,8 @@ def _lanes(run, arrays: list[np.ndarray], threads: int, min_s: float) -> float: 
 
 def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], levels: list[int],
           args: argparse.Namespace, log: Path) -> dict:
-    budget = args.max_batch_size * max(args.size, *[int(s) for s in args.mixed.split(",") if s]
-                                       ) ** 2
+    sides = [args.size, *(int(s) for s in args.mixed.split(",") if s)]
+    budget = args.max_batch_size * max(sides) ** 2
     env = {"SERVICE_MODELS": args.model, "SERVICE_CACHE_BYTES": "0",
            "SERVICE_MAX_BATCH_SIZE": str(args.max_batch_size),
            "SERVICE_MAX_BATCH_PIXELS": str(max(budget, 4 * 512 * 512)),
