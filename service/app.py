@@ -11,7 +11,7 @@ from service import imaging
 from service.auth import ApiKeyAuth, KeyRing, document_security
 from service.errors import install_handlers
 from service.lifecycle import build_services
-from service.middleware import LoadShed, RequestContext, RequestLimits
+from service.middleware import Backlog, LoadShed, RequestContext, RequestLimits
 from service.ratelimit import RateLimit, make_limiter
 from service.routes import ops, transform, web
 from service.settings import Settings, get_settings
@@ -88,5 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, max_url_bytes=settings.max_url_bytes,
                        max_header_bytes=settings.max_header_bytes, metrics=services.metrics)
     app.add_middleware(RequestContext, metrics=services.metrics)
-    app.add_middleware(LoadShed, services=services)
+    app.state.backlog = backlog = Backlog()
+    app.add_middleware(LoadShed, services=services, backlog=backlog)
     return app

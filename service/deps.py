@@ -16,6 +16,7 @@ from service import errors
 from service.imaging import INPUT_CONTENT_TYPES
 from service.inference import OutputOptions
 from service.lifecycle import Services
+from service.middleware import Backlog
 from service.registry import LoadedModel
 
 T = TypeVar("T")
@@ -38,19 +39,26 @@ class Ticket:
     deadline: float
 
 
-async def admit(services: ServicesDep) -> AsyncIterator[Ticket]:
+async def admit(request: Request, services: ServicesDep) -> AsyncIterator[Ticket]:
     """Refuse while starting, draining or overloaded; else count the request as in flight.
 
-    A full batch queue refuses here too, before the body is read or decoded: under overload
-    a 429 then costs neither the upload's memory nor a decode (the batcher still checks, for
-    requests admitted while the queue had room)."""
+    A full backlog (middleware.Backlog: bodies read and not yet answered, batch queue
+    included) refuses here too, before the body is read or decoded: under overload a 429 then
+    costs neither the upload's memory nor a decode. The batcher still checks its own queue."""
     services.lifecycle.check_accepting(services.settings.max_inflight)
+    backlog: Backlog = request.app.state.backlog
     queued, limit = services.batcher.queued, services.settings.queue_limit
-    if queued >= limit:
-        raise errors.QueueFull(f"the server is busy: {queued} requests are already queued "
-                               f"(limit {limit}); retry later", headers={"Retry-After": "1"})
+    if backlog.full(services.settings) or queued >= limit:
+        raise errors.QueueFull(f"the server is busy: {queued} requests are queued, "
+                               f"{backlog.count} decoding, queued or computing (queue limit "
+                               f"{limit}); retry later", headers={"Retry-After": "1"})
     with services.lifecycle.admitted():
-        yield Ticket(time.monotonic() + services.settings.request_timeout_s)
+        try:
+            yield Ticket(time.monotonic() + services.settings.request_timeout_s)
+        finally:
+            if getattr(request.state, "in_backlog", False):
+                request.state.in_backlog = False
+                backlog.leave()
 
 
 TicketDep = Annotated[Ticket, Depends(admit)]
@@ -165,9 +173,18 @@ async def read_image(request: Request, max_body_bytes: int,
     except TimeoutError:
         raise errors.RequestTimeout(f"the body did not arrive within {timeout_s:g} s "
                                     f"({len(body)} bytes received)") from None
+    _enter_backlog(request)
     if mime == "multipart/form-data":
         return _multipart_image(content_type, bytes(body))
     return bytes(body)
+
+
+def _enter_backlog(request: Request) -> None:
+    """Count the request in the backlog from now until `admit` lets it go."""
+    backlog: Backlog | None = getattr(request.app.state, "backlog", None)
+    if backlog is not None and not getattr(request.state, "in_backlog", False):
+        request.state.in_backlog = True
+        backlog.enter()
 
 
 def _multipart_image(content_type: str, body: bytes) -> bytes:

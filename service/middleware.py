@@ -20,6 +20,7 @@ from service import errors
 from service.lifecycle import Phase, Services
 from service.logs import request_id_var
 from service.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -75,10 +76,32 @@ class RequestContext:
             request_id_var.reset(token)
 
 
+class Backlog:
+    """Transform requests whose body has been read and whose response is not built yet:
+    decoding, queued, computing or encoding. Admission refuses at `queue_limit` plus one batch
+    (the one being computed), not at the batch queue alone: a request admitted while the queue
+    had room still spends a decode before it enters the queue, and under a flood every arrival
+    in that window would be admitted, only to be refused after its decode. Counting from the
+    end of the body closes the window."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def full(self, settings: Settings) -> bool:
+        return self.count >= settings.queue_limit + settings.max_batch_size
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
 class LoadShed:
-    """Outermost: while the batch queue is full or `max_inflight` requests are admitted, a
-    transform request gets 429 `queue_full` with `Retry-After` before anything else is done
-    for it: no access log line, no request id, no routing or dependencies, no body read.
+    """Outermost: while the backlog (see `Backlog`) is at `queue_limit` or `max_inflight`
+    requests are admitted, a transform request gets 429 `queue_full` with `Retry-After` before
+    anything else is done for it: no access log line, no request id, no routing or
+    dependencies, no body read.
 
     Under a flood of 10x capacity the full path's refusal (~0.6 ms of CPU) would take the
     event loop from the admitted requests; this one costs about a fifth. Shed requests are
@@ -89,9 +112,10 @@ class LoadShed:
     SUMMARY_S = 10.0
     PATHS = frozenset({"/v1/stylize", "/v1/superres"})
 
-    def __init__(self, app: ASGIApp, *, services: Services) -> None:
+    def __init__(self, app: ASGIApp, *, services: Services, backlog: Backlog) -> None:
         self.app = app
         self.services = services
+        self.backlog = backlog
         self._shed_counter = services.metrics.rejections.labels(reason="queue_full")
         self._since_summary = 0
         self._summary_at = time.monotonic()
@@ -112,7 +136,7 @@ class LoadShed:
         s = self.services
         if s.lifecycle.phase is not Phase.READY:
             return None                   # starting or draining: the routes answer 503
-        if s.batcher.queued >= s.settings.queue_limit:
+        if self.backlog.full(s.settings) or s.batcher.queued >= s.settings.queue_limit:
             return _SHED_QUEUE
         if s.lifecycle.inflight >= s.settings.max_inflight:
             return _SHED_INFLIGHT

@@ -167,16 +167,47 @@ async def test_clients_going_away_in_bulk_leave_nothing_behind(make_settings) ->
         await until(lambda: r.services.batcher.queued == 0 and lifecycle.inflight == 1,
                     what="the 20 to be forgotten")
         assert len(r.services.inference.flights) == 1    # only the held request's
+        assert r.app.state.backlog.count == 1
         assert await r.metric("service_queue_depth", model="udnie") == 0
         gate.release.set()
         assert (await held).status_code == 200
         assert gate.batches == [1]                       # none of the 20 reached the model
         await until(lambda: lifecycle.inflight == 0, what="nothing in flight")
-        assert len(r.services.inference.flights) == 0
+        assert len(r.services.inference.flights) == 0 and r.app.state.backlog.count == 0
         assert await r.metric("service_rejections_total", reason="client_disconnected") == 20
         ok = await r.client.post("/v1/stylize?style=udnie", content=images.png(seed=200),
                                  headers=PNG)
         assert ok.status_code == 200
+
+
+async def test_a_flood_past_the_backlog_is_shed_at_the_door(make_settings) -> None:
+    """With the worker held, one batch computing and the queue full, further requests get 429
+    from the outermost middleware: no body read, no decode, no access-log line."""
+    async with running(make_settings(models=["udnie"], queue_limit=2, max_batch_size=1)) as r:
+        gate = hold(r.services, "udnie")
+        backlog = r.app.state.backlog
+
+        def post(seed: int) -> asyncio.Task[httpx.Response]:
+            return asyncio.create_task(r.client.post(
+                "/v1/stylize?style=udnie", content=images.png(seed=seed), headers=PNG))
+
+        admitted = [post(1)]
+        await asyncio.to_thread(gate.entered.wait, 30)
+        for seed, queued in ((2, 1), (3, 2)):
+            admitted.append(post(seed))
+            await until(lambda q=queued: r.services.batcher.queued == q, what=f"{queued} queued")
+        assert backlog.count == 3                         # queue limit 2 + a batch of 1
+        decodes = await r.metric("service_decode_seconds_count")
+        flood = await asyncio.gather(*(post(10 + i) for i in range(10)))
+        assert {resp.status_code for resp in flood} == {429}
+        assert all(resp.headers["retry-after"] == "1" and
+                   resp.json()["error"]["code"] == "queue_full" for resp in flood)
+        assert await r.metric("service_decode_seconds_count") == decodes   # none decoded
+        assert await r.metric("service_request_duration_seconds_count", status="429") == 0
+        assert await r.metric("service_rejections_total", reason="queue_full") == 10
+        gate.release.set()
+        assert [(await t).status_code for t in admitted] == [200, 200, 200]
+        await until(lambda: backlog.count == 0, what="an empty backlog")
 
 
 async def raw(url: str, data: bytes, *, timeout_s: float = 10) -> bytes:
