@@ -60,7 +60,7 @@ def raw(model: str, sides: list[int], images: Path, device: str, min_s: float,
                 res[f"batch{batch}_ms"] = 1000 * statistics.median(times)
                 res[f"batch{batch}_images_per_s"] = batch / statistics.median(times)
             if device == "cpu" and registry.threads > 1:
-                res["lanes_images_per_s"] = _lanes(m.run, arrays, registry.threads, min_s)
+                res["lanes_images_per_s"] = _lanes(m.run, arrays, registry.threads, reps=3)
             res["batch1_latency_ms"] = res["batch1_ms"]
             res["best_images_per_s"] = max(v for k, v in res.items()
                                            if k.endswith("images_per_s"))
@@ -85,34 +85,33 @@ def _repeat(fn, min_s: float, min_runs: int = 3) -> list[float]:  # noqa: ANN001
     return times
 
 
-def _lanes(run, arrays: list[np.ndarray], threads: int, min_s: float) -> float:  # noqa: ANN001
+def _lanes(run, arrays: list[np.ndarray], threads: int, reps: int) -> float:  # noqa: ANN001
     """Images/s with two single-image forwards at once on half the threads each (whether or
-    not the policy chose lanes: the raw best is the best of everything)."""
+    not the policy chose lanes: the raw best is the best of everything); `reps` each, timed
+    from a common start to the last finish."""
     from service import execution
 
     lanes = 2
-    counts = [0] * lanes
-    stop = threading.Event()
+    barrier = threading.Barrier(lanes)
+    start: list[float] = []
+    ends: list[float] = []
 
     def work(i: int) -> None:
         execution.use_threads(threads // lanes)
-        run(arrays[i:i + 1])
-        while not stop.is_set():
+        run(arrays[i:i + 1])                 # warm-up on this thread
+        if barrier.wait() == 0:
+            start.append(time.perf_counter())
+        for _ in range(reps):
             run(arrays[i:i + 1])
-            counts[i] += 1
+        ends.append(time.perf_counter())
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(lanes)]
     for w in workers:
         w.start()
-    time.sleep(min(1.0, 0.1 + min_s))    # warm-up inside the threads
-    before, t0 = sum(counts), time.perf_counter()
-    time.sleep(max(min_s * 3, 0.2))
-    done, t1 = sum(counts) - before, time.perf_counter()
-    stop.set()
     for w in workers:
         w.join()
     execution.use_threads(threads)
-    return done / (t1 - t0)
+    return lanes * reps / (max(ends) - start[0])
 
 
 def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], levels: list[int],
