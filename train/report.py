@@ -95,7 +95,8 @@ def machine() -> dict[str, Any]:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    text = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads"
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    text = f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {threads}"
     if m.get("gpu"):
         text += f", {m['gpu']}"
     if "load_average" in m:
@@ -302,19 +303,27 @@ def style_table(doc: dict[str, Any]) -> str:
 
 def style_legend(doc: dict[str, Any]) -> str:
     s = doc["settings"]
-    return (f"Cells: content loss / style loss (seconds), λ-weighted as each model was trained, on "
-            f"{', '.join(s['content'])} at {s['size']} px (longer side); Gatys et al. by L-BFGS "
-            f"from {s['init']}, the same objective. Times: {machine_line(doc['machine'])}. "
+    text = (f"Cells: content loss / style loss (seconds), λ-weighted as each model was trained, "
+            f"on {', '.join(s['content'])} at {s['size']} px (longer side); Gatys et al. by "
+            f"L-BFGS from {s['init']}, the same objective. Times: {machine_line(doc['machine'])}; "
+            f"wall-clock on a CPU shared with other jobs, so compare them within a row. "
             f"A model ships only if its style loss is at most {s['threshold']} × that of the "
             f"unstyled photo on every one of {len(s['check_images'])} content images.")
+    if rising := rising_totals(doc):
+        text += (f" L-BFGS here takes unit steps without a line search and clamps the pixels "
+                 f"(train/gatys.py), so its objective need not fall monotonically: for "
+                 f"{', '.join(f'`{n}`' for n in rising)} the total (content + style + TV) is "
+                 f"higher at a later report than at an earlier one.")
+    return text
 
 
 def rising_totals(doc: dict[str, Any]) -> list[str]:
     """Styles whose Gatys objective (content + style + TV) went up between two reports."""
     rising = []
     for name, s in doc["styles"].items():
-        totals = [sum(g[k] for k in ("content", "style", "tv"))
-                  for g in s["summary"]["gatys"].values()]
+        gatys = s["summary"]["gatys"]  # keyed by iteration count, as strings
+        totals = [sum(gatys[i][k] for k in ("content", "style", "tv"))
+                  for i in sorted(gatys, key=int)]
         if any(b > a for a, b in zip(totals, totals[1:], strict=False)):
             rising.append(name)
     return rising
@@ -445,11 +454,6 @@ def write_style_docs(doc: dict[str, Any], docs: Path) -> None:
     iterations = doc["settings"]["iterations"]
     content_names = doc["settings"]["content"]
     kind = doc["settings"]["loss_network"]
-    rising = rising_totals(doc)
-    rising_note = (f"L-BFGS here takes unit steps without a line search and clamps the pixels "
-                   f"(train/gatys.py), so its objective need not fall monotonically: for "
-                   f"{', '.join(f'`{n}`' for n in rising)} the total (content + style + TV) is "
-                   f"higher at a later report than at an earlier one.\n" if rising else "")
     last = iterations[-1]
     pictures = "\n".join(
         f"| `{n}` | " + " | ".join(f'<img src="style/{n}_{c}_{out}.jpg" width="200">'
@@ -470,7 +474,6 @@ The unstyled photo's style loss is the bar a model has to clear to be shipped.
 
 {style_table(doc)}
 
-{rising_note}
 ![losses by iteration](style.png)
 
 | style | {header} |

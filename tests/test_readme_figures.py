@@ -1,0 +1,191 @@
+"""Every number in README.md's generated blocks matches the manifest or JSON it came from.
+
+The blocks are written by `python -m train report readme`; this test parses them back without
+using the report's code, so a stale README (a model retrained, a measurement rerun, a model
+added) or a formatting bug shows here. Paper figures are typed in again from the paper.
+Refresh with: python -m train report {sr,style,speed,gallery} && python -m train report readme
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# pytest puts tests/ on sys.path for this file, where tests/train and tests/model_store would
+# pass for the packages as namespace packages; with the root on it, the real packages win.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+DOCS = REPO / "docs"
+# The manifests are read as plain JSON: tests/ on sys.path would shadow the model_store package
+# with tests/model_store, and the plain files are what the README must agree with anyway.
+MANIFESTS = {p.parent.name: json.loads(p.read_text())
+             for p in sorted((REPO / "model_store").glob("*/manifest.json"))}
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+# The paper's Table 1 (x4 PSNR / SSIM) and speed table (seconds, GTX Titan X).
+PAPER_SR = {"Set5": {"bicubic": (28.43, 0.8114), "pixel": (28.40, 0.8153),
+                     "SRCNN": (30.48, 0.8628), "feature": (27.09, 0.7680)},
+            "Set14": {"bicubic": (25.99, 0.7301), "pixel": (25.96, 0.7366),
+                      "SRCNN": (27.49, 0.7503), "feature": (24.99, 0.6731)}}
+PAPER_SPEED = {"256": (3.17, 9.52, 15.86, 0.015), "512": (10.97, 32.91, 54.85, 0.05),
+               "1024": (42.89, 128.66, 214.44, 0.21)}
+
+
+def block(name: str) -> str:
+    text = (REPO / "README.md").read_text()
+    m = re.search(rf"<!-- BEGIN generated:{name} -->(.*?)<!-- END generated:{name} -->", text,
+                  re.S)
+    assert m, f"README.md has no generated:{name} block"
+    assert m.group(1).strip(), f"README's {name} block is empty: run python -m train report"
+    return m.group(1)
+
+
+def tables(text: str) -> list[list[dict[str, str]]]:
+    """Each markdown table as a list of {header: cell} rows."""
+    found, lines = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            lines.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif lines:
+            header, rows = lines[0], lines[2:]
+            found.append([dict(zip(header, row, strict=True)) for row in rows])
+            lines = []
+    return found
+
+
+def numbers(cell: str) -> list[str]:
+    return NUMBER.findall(cell)
+
+
+def assert_shows(shown: str, value: float) -> None:
+    """`shown` is `value` rounded to as many decimals as it prints."""
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    assert abs(float(shown.replace(",", "")) - value) <= 0.5 * 10 ** -decimals + 1e-9, (
+        f"README shows {shown}, the source says {value}")
+
+
+def assert_cell(cell: str, values: list[float]) -> None:
+    shown = numbers(cell)
+    assert len(shown) == len(values), f"{cell!r}: expected {len(values)} numbers"
+    for s, v in zip(shown, values, strict=True):
+        assert_shows(s, v)
+
+
+def model_name(cell: str) -> str | None:
+    m = re.search(r"`([a-z0-9_\-]+)`", cell)
+    return m.group(1) if m else None
+
+
+def test_sr_table_matches_the_manifests():
+    sr = json.loads((DOCS / "sr.json").read_text())
+    (rows,) = tables(block("sr-table"))
+    datasets = [h.removesuffix(" here") for h in rows[0] if h.endswith(" here")]
+    assert datasets, "no '<dataset> here' columns"
+    shown = set()
+    for row in rows:
+        factor = int(row["factor"].lstrip("×"))
+        name = model_name(row["method"])
+        kind = ("SRCNN" if "SRCNN" in row["method"] else "bicubic" if name is None
+                else "pixel" if "pixel" in row["method"] else "feature")
+        if name:
+            manifest = MANIFESTS[name]
+            assert manifest["factor"] == factor
+            assert manifest["training"]["config"]["loss"] == {"pixel": "pixel",
+                                                              "feature": "feat"}[kind]
+        for ds in datasets:
+            here = row[f"{ds} here"]
+            if kind == "SRCNN":
+                assert here == "—"
+            elif name:
+                m = MANIFESTS[name]["metrics"][f"{ds}_x{factor}"]
+                assert_cell(here, [m["psnr"], m["ssim"]])
+                shown.add((name, ds))
+            else:
+                b = sr["results"][ds][f"x{factor}"]["bicubic"]
+                assert_cell(here, [b["psnr"], b["ssim"]])
+            paper = row[f"{ds} paper"]
+            if factor == 4:
+                assert_cell(paper, list(PAPER_SR[ds][kind]))
+            else:
+                assert paper == "—"
+    measured = {(name, ds) for name, m in MANIFESTS.items() if m["task"] == "superres"
+                for ds in datasets if f"{ds}_x{m['factor']}" in m["metrics"]}
+    assert measured <= shown, f"measured but not in the README: {sorted(measured - shown)}"
+
+
+def test_style_table_matches_the_manifests():
+    (rows,) = tables(block("style-table"))
+    names = []
+    for row in rows:
+        name = model_name(row["style"])
+        names.append(name)
+        metrics = MANIFESTS[name]["metrics"]
+        v, check = metrics["style_vs_gatys"], metrics["style_check"]
+        assert_cell(row["network"], [v["network"][k] for k in ("content", "style", "seconds")])
+        gatys = [h for h in row if h.startswith("Gatys ")]
+        assert sorted(h.split()[1] for h in gatys) == sorted(v["gatys"])
+        for h in gatys:
+            g = v["gatys"][h.split()[1]]
+            assert_cell(row[h], [g["content"], g["style"], g["seconds"]])
+        assert_cell(row["unstyled photo"], [v["unstyled"]["style"]])
+        (ratio,) = [h for h in row if h.startswith("style loss ÷")]
+        assert_cell(row[ratio], [check["max_ratio"]])
+        assert row["shipped"] == ("yes" if check["passed"] else "**no**")
+    assert names == sorted(n for n, m in MANIFESTS.items() if m["task"] == "style")
+
+
+def test_speed_tables_match_the_json_and_the_manifests():
+    speed = json.loads((DOCS / "speed.json").read_text())
+    measured, reference = tables(block("speed-table"))
+    for row in measured:
+        size = numbers(row["image size"])[0]
+        r = speed["sizes"][size]
+        eager = r["network"]["eager_fp32_s"]
+        assert_cell(row["network, eager fp32"], [eager])
+        assert_cell(row["network, service path"], [r["network"]["service_s"]])
+        for m in MANIFESTS.values():
+            cpu = m["metrics"].get("speed_cpu", {})
+            if cpu.get("measured_with") == speed["model"]:
+                assert cpu["eager_fp32_s"][size] == eager
+        iterations = [h.split()[1] for h in row if h.startswith("Gatys ")]
+        assert iterations == [str(n) for n in speed["iterations"]]
+        for n in iterations:
+            t = r["gatys"]["totals"][n]
+            assert_cell(row[f"Gatys {n} it."], [t["seconds"]])
+            assert ("(est.)" in row[f"Gatys {n} it."]) == (not t["measured"])
+        (speedup,) = [h for h in row if h.startswith("speed-up")]
+        assert_cell(row[speedup], [r["gatys"]["totals"][n]["seconds"] / eager
+                                   for n in iterations])
+    bench = json.loads((REPO / "bench" / "results" / "model-cuda-h200.json").read_text())
+    gpu = {(str(b["size"]), b["path"]): b["latency_ms"] for b in bench["results"]
+           if b["network"] == "style" and b["batch"] == 1 and "latency_ms" in b}
+    for row in reference:
+        size = numbers(row["image size"])[0]
+        cells = list(row.values())
+        assert_cell(cells[1] + " " + cells[2], list(PAPER_SPEED[size]))
+        for cell, path in ((cells[3], "eager_fp32"), (cells[4], "fp16_cuda_graph")):
+            if (size, path) in gpu:
+                assert_cell(cell, [gpu[size, path]])
+            else:
+                assert cell == "—"
+    headers = " ".join(reference[0])
+    assert bench["machine"]["gpu"] in headers
+
+
+def test_gallery_pictures_exist_and_cover_every_style():
+    text = block("gallery")
+    sources = re.findall(r'src="([^"]+)"', text)
+    assert sources
+    missing = [s for s in sources if not (REPO / s).is_file()]
+    assert not missing, f"missing gallery pictures: {missing[:5]}"
+    styles = {n for n, m in MANIFESTS.items() if m["task"] == "style"}
+    assert styles <= {model_name(r["style"]) for r in tables(text)[0] if model_name(r["style"])}
+
+
+@pytest.mark.parametrize("name", ["sr", "style", "speed"])
+def test_docs_pages_exist(name: str):
+    assert (DOCS / f"{name}.md").is_file() and (DOCS / f"{name}.png").is_file()
