@@ -100,7 +100,10 @@ def machine_line(m: dict[str, Any]) -> str:
     if m.get("gpu"):
         text += f", {m['gpu']}"
     if "load_average" in m:
-        text += f" (1-min load average {m['load_average']} at the end of the run)"
+        text += f" (1-min load average {m['load_average']} at the end of the run"
+        if m["load_average"] > m["cores"]:
+            text += ": other jobs shared the CPU, so the times are inflated"
+        text += ")"
     return text
 
 
@@ -271,7 +274,7 @@ Against bicubic at the same factor:
 
 The paper's feature-loss model gives up PSNR/SSIM against bicubic for sharper edges and texture;
 PSNR and SSIM do not measure that sharpness, so look at the crops in
-[gallery.md](gallery.md#super-resolution-crops).
+[gallery.md](gallery.md#super-resolution-crops-4).
 
 ![PSNR and SSIM per method](sr.png)
 """)
@@ -800,7 +803,6 @@ the content images and a few photos (shorter side {index['size']} px), beside it
 then {index['crop']}-pixel crops of super-resolved Set5/Set14 images (shown ×{index['zoom']},
 nearest neighbour), where the HR image has the most detail. {index['bytes'] / 2**20:.1f} MiB in all.
 
-<a name="super-resolution-crops"></a>
 {gallery_markdown(index)}
 """)
 
