@@ -2,7 +2,8 @@
 
 1. Raw: the service's own model code (`Registry` with the measured policy, `LoadedModel.run`:
    uint8 in, uint8 out) in this process, before any server runs: batch-1 latency, and the best
-   throughput over batch sizes and concurrent single-image forwards ("lanes"), per size.
+   throughput over batch sizes and concurrent single-image forwards ("lanes"), per size; and
+   again for the one size just before each configuration's sweep (the targets use that one).
 2. Sweeps: the service as a subprocess on 127.0.0.1 (shipped models, cache off), driven by
    `bench.load` in another process at each concurrency, with distinct images of one size and
    with a mix of sizes, for each configuration:
@@ -38,36 +39,41 @@ CONFIGS = {
 }
 
 
-def raw(model: str, sides: list[int], images: Path, device: str, min_s: float,
-        policy: str = "measure") -> dict:
-    """Forward passes through the service's model code, no HTTP: per input side, batch-1
-    latency and the best throughput (batches 1, 2, 4; lanes when the policy chose them)."""
-    from model_store import SHIPPED_ROOT
-    from service import execution
-    from service.registry import Registry
+class RawModel:
+    """The service's own model code in this process (`Registry`, `LoadedModel.run`: uint8 in,
+    uint8 out), no HTTP: what the forward passes of the requests cost by themselves."""
 
-    registry = Registry(SHIPPED_ROOT, [model], device, "auto", policy=policy)
-    started = time.monotonic()
-    (m,) = registry.load_all()
-    out: dict = {"policy": m.policy.as_dict(), "lanes": registry.lanes,
-                 "threads": registry.threads, "load_s": time.monotonic() - started, "sizes": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for side in sides:
+    def __init__(self, model: str, device: str, policy: str = "measure") -> None:
+        from model_store import SHIPPED_ROOT
+        from service.registry import Registry
+
+        started = time.monotonic()
+        self.registry = Registry(SHIPPED_ROOT, [model], device, "auto", policy=policy)
+        (self.model,) = self.registry.load_all()
+        self.device = device
+        self.info: dict = {"policy": self.model.policy.as_dict(), "lanes": self.registry.lanes,
+                           "threads": self.registry.threads,
+                           "load_s": time.monotonic() - started}
+
+    def measure(self, side: int, images: Path, min_s: float) -> dict:
+        """Batch-1 latency and the best throughput of batches 1, 2, 4 and (CPU) two lanes."""
+        from service import execution
+
+        m, threads = self.model, self.registry.threads
+        with tempfile.TemporaryDirectory() as tmp:
             arrays = [np.asarray(_open(p)) for p in photo_pngs(images, [side], 8, Path(tmp))]
-            res: dict = {"path": m.policy.choose(side, side).path}
-            for batch in (1, 2, 4):
-                times = _repeat(lambda b=batch, a=arrays: m.run(a[:b]), min_s)
-                res[f"batch{batch}_ms"] = 1000 * statistics.median(times)
-                res[f"batch{batch}_images_per_s"] = batch / statistics.median(times)
-            if device == "cpu" and registry.threads > 1:
-                res["lanes_images_per_s"] = _lanes(m.run, arrays, registry.threads, reps=3)
-            res["batch1_latency_ms"] = res["batch1_ms"]
-            res["best_images_per_s"] = max(v for k, v in res.items()
-                                           if k.endswith("images_per_s"))
-            out["sizes"][str(side)] = res
-            print(json.dumps({"raw": side, **res}), flush=True)
-    execution.use_threads(registry.threads)
-    return out
+        res: dict = {"path": m.policy.choose(side, side).path, "load_average": load_average()}
+        execution.use_threads(threads)
+        for batch in (1, 2, 4):
+            times = _repeat(lambda b=batch, a=arrays: m.run(a[:b]), min_s)
+            res[f"batch{batch}_ms"] = 1000 * statistics.median(times)
+            res[f"batch{batch}_images_per_s"] = batch / statistics.median(times)
+        if self.device == "cpu" and threads > 1:
+            res["lanes_images_per_s"] = _lanes(m.run, arrays, threads, reps=3)
+        res["batch1_latency_ms"] = res["batch1_ms"]
+        res["best_images_per_s"] = max(v for k, v in res.items() if k.endswith("images_per_s"))
+        print(json.dumps({"raw": side, **res}), flush=True)
+        return res
 
 
 def _open(path: Path):  # noqa: ANN202 - PIL image
@@ -115,7 +121,10 @@ def _lanes(run, arrays: list[np.ndarray], threads: int, reps: int) -> float:  # 
 
 
 def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], levels: list[int],
-          args: argparse.Namespace, log: Path) -> dict:
+          args: argparse.Namespace, log: Path, raw: RawModel) -> dict:
+    """One configuration: start the service, measure the raw model again while it idles (the
+    load on a shared machine drifts: the targets compare numbers taken minutes apart at most),
+    then each run's levels."""
     sides = [args.size, *(int(s) for s in args.mixed.split(",") if s)]
     budget = args.max_batch_size * max(sides) ** 2
     env = {"SERVICE_MODELS": args.model, "SERVICE_CACHE_BYTES": "0",
@@ -129,7 +138,8 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
         import httpx
         models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
         result: dict = {"settings": env, "start_s": time.monotonic() - started,
-                        "policy": models[0].get("policy"), "runs": {}}
+                        "policy": models[0].get("policy"), "runs": {},
+                        "raw": raw.measure(args.size, Path(args.images), args.raw_min_s)}
         for run_name, files in bodies.items():
             print(f"{name} / {run_name}", flush=True)
             result["runs"][run_name] = drive(
@@ -141,8 +151,9 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
 
 def targets(result: dict, one: str) -> dict:
     """The issue's CPU targets, on this run's numbers (None where the run lacks the data)."""
-    raw_side = result["raw"]["sizes"].get(one, {})
-    runs = result["sweeps"].get("measured", {}).get("runs", {}).get(one, [])
+    measured = result["sweeps"].get("measured", {})
+    raw_side = measured.get("raw") or result["raw"]["sizes"].get(one, {})
+    runs = measured.get("runs", {}).get(one, [])
     at = {r["concurrency"]: r for r in runs}
     t: dict = {}
     if 8 in at and raw_side:
@@ -246,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         bodies = {str(args.size): photo_pngs(images, [args.size], count, Path(tmp) / "one")}
         if mixed:
             bodies["mixed"] = photo_pngs(images, mixed, count, Path(tmp) / "mixed", seed=1)
-        result["raw"] = raw(args.model, sorted({args.size, *mixed}), images, device,
-                            args.raw_min_s, args.raw_policy)
+        raw = RawModel(args.model, device, args.raw_policy)
+        result["raw"] = {**raw.info, "sizes": {str(side): raw.measure(side, images,
+                                                                      args.raw_min_s)
+                                               for side in sorted({args.size, *mixed})}}
         result["sweeps"] = {}
         log = out.with_suffix(".log")
         log.unlink(missing_ok=True)
         for name in args.configs.split(","):
-            result["sweeps"][name] = sweep(name, CONFIGS[name], bodies, levels, args, log)
+            result["sweeps"][name] = sweep(name, CONFIGS[name], bodies, levels, args, log, raw)
             out.write_text(json.dumps(result, indent=1) + "\n")
     result.update(targets=targets(result, str(args.size)), load_average_end=load_average(),
                   duration_s=round(time.monotonic() - started, 1))

@@ -67,4 +67,5 @@ def test_service(tmp_path: Path) -> None:
         assert {"throughput_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "batches"} <= set(r)
         assert r["errors_total"] == 0 and sum(r["batches"].values()) >= 1
     assert result["sweeps"]["fixed"]["policy"]["source"] == "fixed"
+    assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["sweeps"]["fixed"]["raw"])
     assert {"errors_total", "zero_errors_met"} <= set(result["targets"])
