@@ -126,7 +126,8 @@ def check_errors(runners: dict[str, Runner], reference: Runner,
                  image: torch.Tensor) -> dict[str, float]:
     """Max |difference| in grey levels from `reference` (float32) on `image`, per path."""
     ref = levels(reference(image.cpu()))
-    return {name: float((levels(run(image)) - ref).abs().max()) for name, run in runners.items()}
+    return {name: 0.0 if run is reference else float((levels(run(image)) - ref).abs().max())
+            for name, run in runners.items()}
 
 
 def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.device,
@@ -177,14 +178,16 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
 
 def adopt(measured: ModelPolicy, errors: dict[str, float], *, base: str,
           source: str) -> ModelPolicy:
-    """`measured` (another model of the same architecture) for a model with its own `errors`:
-    a path this model's weights push over the limit gives way to the fastest allowed one."""
+    """`measured` (another model of the same architecture) for a model with its own `errors`
+    (of the paths it has): a path this model's weights push over the limit gives way to the
+    fastest allowed one it has."""
     rejected = sorted(p for p, e in errors.items() if e > MAX_ERROR_LEVELS and p != base)
 
     def allowed(s: SizeChoice) -> SizeChoice:
         if s.path not in rejected:
             return s
-        ok = {p: ms for p, ms in s.path_ms.items() if p not in rejected} or {base: 0.0}
+        ok = ({p: ms for p, ms in s.path_ms.items() if p in errors and p not in rejected}
+              or {base: 0.0})
         return replace(s, path=min(ok, key=ok.__getitem__))
 
     return ModelPolicy(source, [allowed(s) for s in measured.sizes], allowed(measured.default),

@@ -167,11 +167,12 @@ class Registry:
         started = time.monotonic()
         arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
         first = self._measured.get(arch)
-        runners = {self.base_path: model.run_module, **execution.candidates(
+        base: execution.Runner = model.run_module
+        runners = {self.base_path: base, **execution.candidates(
             model.module, self.device, self.dtype_setting, self.dtype,
             only=None if first is None else first.policy.paths())}
         if self.device.type == "cpu" and self.dtype == torch.float32:
-            reference: execution.Runner = model.run_module
+            reference = base            # float32 on the CPU already: the reference itself
         else:
             fp32 = copy.deepcopy(model.module).float()
             reference = execution.TorchRunner(
