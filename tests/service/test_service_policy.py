@@ -131,8 +131,8 @@ def test_sizes_map_to_the_nearest_measured_size_and_shared_policies_respect_accu
     assert p.choose(200, 200) is large and p.choose(1024, 1024) is large
     shared = policies.adopt(p, {"a": 0.0, "b": 4.0, "base": 0.0}, base="base", source="shared")
     assert [s.path for s in shared.sizes] == ["a", "a"] and shared.rejected == ["b"]
-    unbuilt = policies.adopt(p, {"b": 4.0, "base": 0.0}, base="base", source="shared")
-    assert [s.path for s in unbuilt.sizes] == ["base", "base"]   # "a" was never checked here
+    worse = policies.adopt(p, {"a": 3.0, "b": 3.0, "base": 0.0}, base="base", source="shared")
+    assert [s.path for s in worse.sizes] == ["base", "base"]
     assert policies.fixed_policy("base", 8).choose(5000, 5000).max_batch == 8
 
 
