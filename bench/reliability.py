@@ -314,6 +314,17 @@ def labels(key: str) -> dict[str, str]:
     return dict(re.findall(r'(\w+)="([^"]*)"', key.partition("{")[2]))
 
 
+def forward_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Forward passes between two scrapes: count, mean batch size, mean seconds."""
+    def delta(prefix: str) -> float:
+        return sum(v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix))
+
+    n = delta("service_forward_seconds_count")
+    return {"batches": int(n),
+            "mean_batch": round(delta("service_batch_size_sum") / n, 2) if n else None,
+            "mean_forward_ms": ms(delta("service_forward_seconds_sum") / n) if n else None}
+
+
 def server_quantile(before: dict[str, float], after: dict[str, float], q: float,
                     **match: str) -> float | None:
     """The q-quantile of service_request_duration_seconds between two scrapes, as the upper
@@ -480,7 +491,9 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
         alone_p50 = pct([r.seconds for r in sequential], 50)
         measure_s = 5 if quick else 20
         clients = 16
+        at_start = await svc.metrics()
         replies = await closed_loop(clients, measure_s, one)
+        at_capacity = forward_stats(at_start, await svc.metrics())
         ok = [r for r in replies if r.status == 200]
         capacity = len(ok) / measure_s
         closed_p99 = pct([r.seconds for r in ok], 99)
@@ -508,6 +521,7 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
         after_metrics = await svc.metrics()
         server_p99 = server_quantile(before_metrics, after_metrics, 0.99, route="/v1/stylize",
                                      status="200")
+        compute = forward_stats(before_metrics, after_metrics)
         client.close()
         statuses = Counter(r.status or r.error for r in results)
         timeline = []
@@ -537,6 +551,7 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
         "latency_alone_p50_ms": ms(alone_p50),
         "capacity_rps": round(capacity, 1), "capacity_clients": clients,
         "capacity_closed_loop_p99_ms": ms(closed_p99),
+        "forward_at_capacity": at_capacity,
         "offered_rps": round(rate, 1), "duration_s": overload_s,
         "sent": len(results), "achieved_send_rps": round(len(results) / send_s, 1),
         "statuses": {str(k): v for k, v in sorted(statuses.items(), key=str)},
@@ -549,6 +564,7 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
             (settings["queue_limit"] + settings["max_batch_size"]) / max(len(admitted), 1)
             * overload_s),
         "admitted_p99_server_le_ms": ms(server_p99),
+        "forward_during_overload": compute,
         "shed_429": len(shed),
         "shed_with_retry_after": sum("retry-after" in r.headers for r in shed),
         "shed_p50_ms": ms(pct([r.seconds for r in shed], 50)),
@@ -1015,6 +1031,8 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"({o['shed_with_retry_after']} with Retry-After), p50 {o['shed_p50_ms']} ms, "
                   f"p99 {o['shed_p99_ms']} ms; other outcomes: {o['other']}. Statuses "
                   f"{o['statuses']}; rejections by reason {o['rejections_by_reason']}.", "",
+                  f"Forward passes at capacity {o['forward_at_capacity']}, during the "
+                  f"overload {o['forward_during_overload']}.", "",
                   f"RSS {o['rss_before_mib']} MiB before, peak {o['rss_peak_mib']} MiB. Queue "
                   f"drained {o['queue_drained_s']} s after the last arrival; then 20 requests: "
                   f"{o['after']['statuses']}, p50 {o['after']['p50_ms']} ms.", ""]
