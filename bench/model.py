@@ -21,10 +21,10 @@ import contextlib
 import copy
 import json
 import statistics
-import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -208,12 +208,23 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
             ref = levels(copy.deepcopy(net).float().cpu()(x_cpu))
     rows: dict[str, dict] = {}
     runners: dict[str, Runner] = {}
-    for path in paths:
+    lanes = int(args.lanes) if args.lanes and batch == 1 and device.type == "cpu" else 0
+    if lanes and torch.get_num_threads() % lanes == 0 and torch.get_num_threads() > 1:
+        lane_paths = [f"{p}@{lanes}lanes" for p in paths
+                      if p == "eager_fp32" or p in SERVICE_CANDIDATES["cpu"]]
+    else:
+        lane_paths = []
+    pool = ThreadPoolExecutor(max_workers=max(1, lanes), thread_name_prefix="lane")
+    for path in paths + lane_paths:
         row: dict = {"network": network, "path": path, "size": size, "batch": batch}
         rows[path] = row
         try:
             t0 = time.perf_counter()
-            run = make_runner(path, net, x, onnx)
+            if "@" in path:
+                row.update(lanes=lanes, threads_per_lane=torch.get_num_threads() // lanes)
+                run = lanes_runner(path.split("@")[0], net, x, onnx, lanes, pool)
+            else:
+                run = make_runner(path, net, x, onnx)
             out = run()                           # warm-up (and compilation, for compile)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -229,15 +240,18 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
     big = batch * size * size > 2 * 1024 * 1024   # seconds per run on a CPU: fewer runs
     times = time_rounds(runners, device, args.min_s, 2 if big else args.min_runs,
                         args.max_runs)
+    pool.shutdown()
     for path, ts in times.items():
         median = statistics.median(ts)
+        images = batch * rows[path].get("lanes", 1)
         rows[path].update(latency_ms=1000 * median, min_ms=1000 * min(ts),
-                          images_per_s=batch / median, runs=len(ts))
+                          images_per_s=images / median, runs=len(ts))
     base = rows.get("eager_fp32", {})
-    for row in rows.values():
+    for row in rows.values():   # throughput ratios (for equal batches also latency ratios)
         if "latency_ms" in row and "latency_ms" in base:
-            row["speedup"] = base["latency_ms"] / row["latency_ms"]
-            row["speedup_min"] = base["min_ms"] / row["min_ms"]
+            images = row.get("lanes", 1)
+            row["speedup"] = images * base["latency_ms"] / row["latency_ms"]
+            row["speedup_min"] = images * base["min_ms"] / row["min_ms"]
     allowed = [rows[p] for p in SERVICE_CANDIDATES[device.type] if p in rows
                and "latency_ms" in rows[p] and rows[p]["max_diff_levels"] <= MAX_LEVELS]
     if allowed:
@@ -248,39 +262,27 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
     return list(rows.values())
 
 
-def measure_lanes(network: str, net: nn.Module, size: int, path: str, onnx: dict[str, bytes],
-                  args: argparse.Namespace, lanes: int) -> dict:
-    """Images/s of `lanes` concurrent single-image forwards on threads // lanes threads each."""
-    factor = NETWORKS[network][3]
+def lanes_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, bytes],
+                 lanes: int, pool: ThreadPoolExecutor) -> Runner:
+    """`lanes` single-image forwards of `path` at once, on threads // lanes threads each (what
+    the service's CPU batcher does under load); one call = `lanes` images."""
     threads = torch.get_num_threads()
-    x = photos(Path(args.images), size // factor, 1)
     per = threads // lanes
     torch.set_num_threads(per)
     try:
-        runners = [make_runner(path, net, x, onnx) if path not in ("onnx", "onnx_rewrite")
-                   else onnx_runner(onnx[path], x, per) for _ in range(lanes)]
-        reps = max(args.min_runs, 2)
-        barrier = threading.Barrier(lanes)
-        start: list[float] = []
-        ends: list[float] = []
-
-        def work(run: Runner) -> None:
-            run()
-            if barrier.wait() == 0:
-                start.append(time.perf_counter())
-            for _ in range(reps):
-                run()
-            ends.append(time.perf_counter())
-
-        workers = [threading.Thread(target=work, args=(r,)) for r in runners]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        runners = [onnx_runner(onnx[path], x, per) if path in onnx
+                   else make_runner(path, net, x, onnx) for _ in range(lanes)]
     finally:
         torch.set_num_threads(threads)
-    return {"network": network, "path": path, "size": size, "batch": 1, "lanes": lanes,
-            "threads_per_lane": per, "images_per_s": lanes * reps / (max(ends) - start[0])}
+
+    def run() -> torch.Tensor:
+        torch.set_num_threads(per)      # process-wide: the other paths run between calls
+        try:
+            outs = [f.result() for f in [pool.submit(r) for r in runners]]
+        finally:
+            torch.set_num_threads(threads)
+        return outs[0]
+    return run
 
 
 def summary(rows: list[dict]) -> list[dict]:
@@ -295,8 +297,8 @@ def summary(rows: list[dict]) -> list[dict]:
         best = max(cell.values(), key=lambda r: r["images_per_s"])
         accurate = [r for r in cell.values() if r["max_diff_levels"] <= MAX_LEVELS]
         best_ok = max(accurate, key=lambda r: r["images_per_s"]) if accurate else best
-        lanes = [r for r in rows if r.get("lanes", 1) > 1 and r["network"] == network
-                 and r["size"] == size]
+        lanes = {r["path"].split("@")[0]: r for r in rows if r["network"] == network
+                 and r["size"] == size and "lanes" in r and "speedup" in r}
         item = {"network": network, "size": size, "baseline_ms": cell["eager_fp32"]["latency_ms"],
                 "service_path": service,
                 "service_ms": cell[service]["latency_ms"] if service else None,
@@ -304,10 +306,11 @@ def summary(rows: list[dict]) -> list[dict]:
                 "fastest_path": best["path"], "fastest_speedup": best["speedup"],
                 "fastest_accurate_path": best_ok["path"],
                 "fastest_accurate_speedup": best_ok["speedup"]}
-        for r in lanes:
-            item[f"{r['path']}_lanes{r['lanes']}_images_per_s"] = r["images_per_s"]
-            item[f"{r['path']}_lanes{r['lanes']}_vs_baseline"] = (
-                r["images_per_s"] / cell["eager_fp32"]["images_per_s"])
+        for name, r in (("baseline", lanes.get("eager_fp32")), ("service", lanes.get(service))):
+            if r is not None:   # throughput of concurrent single-image forwards, same rounds
+                item[f"{name}_lanes"] = r["lanes"]
+                item[f"{name}_lanes_images_per_s"] = r["images_per_s"]
+                item[f"{name}_lanes_speedup"] = r["speedup"]
         out.append(item)
     return out
 
@@ -318,12 +321,13 @@ def plot(result: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["results"] if "latency_ms" in r and "lanes" not in r]
+    rows = [r for r in result["results"] if "latency_ms" in r]
     networks = sorted({r["network"] for r in rows})
     if not rows:
         return
     fig, axes = plt.subplots(2, len(networks), figsize=(5.5 * len(networks), 8), squeeze=False)
     paths = [p for p in result["paths"] if any(r["path"] == p for r in rows)]
+    paths += sorted({r["path"] for r in rows if "lanes" in r})
     sizes = sorted({r["size"] for r in rows})
     for col, network in enumerate(networks):
         ax = axes[0][col]
@@ -336,13 +340,14 @@ def plot(result: dict, out: Path) -> None:
         ax.axhline(1, color="grey", lw=0.8)
         ax.set_xticks(np.arange(len(paths)) + width * (len(sizes) - 1) / 2, paths, rotation=60,
                       ha="right", fontsize=8)
-        ax.set_title(f"{network}: speed-up over eager fp32, batch 1")
+        ax.set_title(f"{network}: throughput over eager fp32, batch 1", fontsize=9)
         ax.legend(fontsize=8)
         ax = axes[1][col]
         for p in ("eager_fp32", *sorted({r.get("service_path", "") for r in rows} - {""})):
             for size in sizes:
                 pts = sorted((r["batch"], r["latency_ms"] / r["batch"]) for r in rows
-                             if r["network"] == network and r["size"] == size and r["path"] == p)
+                             if r["network"] == network and r["size"] == size and r["path"] == p
+                             and "lanes" not in r)
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", label=f"{p} {size}px")
         ax.set_xscale("log", base=2)
@@ -373,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                         "where one shape compiles in 10-40 s; all on CUDA)")
     p.add_argument("--max-batch-pixels", type=int, default=0,
                    help="skip cells with more output pixels per batch (0: none skipped)")
-    p.add_argument("--lanes", default="2", help="CPU: concurrent single-image forwards to try "
-                                                "for the baseline and the service path ('' off)")
+    p.add_argument("--lanes", default="2", help="CPU, batch 1: also time this many concurrent "
+                                                "single-image forwards of the baseline and of "
+                                                "the service's candidates ('' off)")
     p.add_argument("--min-s", type=float, default=1.0, help="timed seconds per path and cell")
     p.add_argument("--min-runs", type=int, default=3)
     p.add_argument("--max-runs", type=int, default=50)
@@ -423,16 +429,6 @@ def main(argv: list[str] | None = None) -> int:
                 write(out, result)
                 with contextlib.suppress(Exception):
                     torch.cuda.empty_cache()
-            if dev.type == "cpu" and args.lanes and torch.get_num_threads() > 1:
-                service = next((r["service_path"] for r in result["results"] if
-                                r["network"] == network and r["size"] == size
-                                and "service_path" in r), None)
-                for lane_path in dict.fromkeys(["eager_fp32", service]):
-                    for lanes in map(int, args.lanes.split(",")):
-                        if lane_path and torch.get_num_threads() % lanes == 0:
-                            row = measure_lanes(network, net, size, lane_path, onnx, args, lanes)
-                            result["results"].append(row)
-                            print(json.dumps(row), flush=True)
     result.update(summary=summary(result["results"]), load_average_end=load_average(),
                   duration_s=round(time.monotonic() - started, 1), complete=True)
     write(out, result)
