@@ -9,7 +9,9 @@ longer side equals the image size. §4.1 compares against it from white noise (t
 The pixels themselves are optimised and clamped to [0, 1] after every step. L-BFGS takes unit
 steps without a line search, as in Gatys et al.'s and Johnson's neural-style implementations.
 (A sigmoid parametrisation and torch's strong Wolfe line search both stalled at the loss scale
-of the Keras VGG-19, whose 0-255 inputs put the style loss near 1e11.)
+of the Keras VGG-19, whose 0-255 inputs put the style loss near 1e11.) Without a line search an
+iteration can raise the objective, so the result, and every report, is the best image evaluated
+so far: what a user stopping after that many iterations would keep.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,10 +84,11 @@ def stylize_by_optimisation(
 
     `style` is the style image (1, 3, h, w) or its precomputed Gram targets. The history has
     one entry per iteration in `report_at` (every iteration if empty) with the weighted
-    content, style and TV losses and their sum, evaluated at the image after that iteration,
-    the forward/backward evaluations so far and the seconds since the start (Gram targets
-    included, the loss evaluation for the report excluded). Without a line search, every
-    L-BFGS or Adam iteration is one evaluation.
+    content, style and TV losses and their sum for the best image so far (lowest sum among
+    those evaluated, the image after this iteration included), the forward/backward
+    evaluations so far and the seconds since the start (Gram targets included, the loss
+    evaluation for the report excluded). Without a line search, every L-BFGS or Adam iteration
+    is one evaluation.
     """
     device = content.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -134,14 +138,23 @@ def stylize_by_optimisation(
         return terms
 
     evaluations = 0
+    best: dict[str, float] = {"total": math.inf}
+    best_x = u.detach() * scale
+
+    def keep_if_best(terms: dict[str, torch.Tensor]) -> None:
+        nonlocal best, best_x
+        if float(terms["total"].detach()) < best["total"]:
+            best = {k: float(v.detach()) for k, v in terms.items()}
+            best_x = u.detach() * scale
 
     def closure() -> torch.Tensor:
         nonlocal evaluations
         evaluations += 1
         opt.zero_grad()
-        total = losses()["total"]
-        total.backward()
-        return total
+        terms = losses()
+        keep_if_best(terms)
+        terms["total"].backward()
+        return terms["total"]
 
     report = set(report_at)
     history: list[dict[str, float]] = []
@@ -155,13 +168,15 @@ def stylize_by_optimisation(
         sync()
         t = time.perf_counter()
         with torch.no_grad():
-            terms = losses()
-        entry = {"iteration": it, "evaluations": evaluations, "seconds": t - start - paused}
-        entry.update({k: float(v) for k, v in terms.items()})
-        history.append(entry)
+            keep_if_best(losses())
+        history.append({"iteration": it, "evaluations": evaluations,
+                        "seconds": t - start - paused, **best})
         sync()
         paused += time.perf_counter() - t
-    return (u * scale).detach().clamp(0, 1), history
+    if report and iterations not in report:  # the last iterate has not been evaluated yet
+        with torch.no_grad():
+            keep_if_best(losses())
+    return best_x.clamp(0, 1), history
 
 
 def save_png(image: torch.Tensor, path: Path | str) -> None:

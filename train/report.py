@@ -309,27 +309,12 @@ def style_legend(doc: dict[str, Any]) -> str:
     text = (f"Cells: content loss / style loss (seconds), λ-weighted as each model was trained, "
             f"on {', '.join(s['content'])} at {s['size']} px (longer side); Gatys et al. by "
             f"L-BFGS from {s['init']}, the same objective. Times: {machine_line(doc['machine'])}; "
-            f"wall-clock on a CPU shared with other jobs, so compare them within a row. "
+            f"wall-clock, so compare them within a row. "
             f"A model ships only if its style loss is at most {s['threshold']} × that of the "
             f"unstyled photo on every one of {len(s['check_images'])} content images.")
-    if rising := rising_totals(doc):
-        text += (f" L-BFGS here takes unit steps without a line search and clamps the pixels "
-                 f"(train/gatys.py), so its objective need not fall monotonically: for "
-                 f"{', '.join(f'`{n}`' for n in rising)} the total (content + style + TV) is "
-                 f"higher at a later report than at an earlier one.")
+    text += (" L-BFGS takes unit steps without a line search (train/gatys.py), so an "
+             "iteration can raise its objective; each cell is the best image evaluated so far.")
     return text
-
-
-def rising_totals(doc: dict[str, Any]) -> list[str]:
-    """Styles whose Gatys objective (content + style + TV) went up between two reports."""
-    rising = []
-    for name, s in doc["styles"].items():
-        gatys = s["summary"]["gatys"]  # keyed by iteration count, as strings
-        totals = [sum(gatys[i][k] for k in ("content", "style", "tv"))
-                  for i in sorted(gatys, key=int)]
-        if any(b > a for a, b in zip(totals, totals[1:], strict=False)):
-            rising.append(name)
-    return rising
 
 
 def plot_style(doc: dict[str, Any], path: Path) -> None:

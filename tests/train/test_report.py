@@ -85,13 +85,6 @@ def test_style_table():
     assert report.style_table(style_doc(passed=False)).endswith("| 0.700 | **no** |")
 
 
-def test_rising_totals_names_styles_whose_optimisation_went_up():
-    doc = style_doc()
-    assert report.rising_totals(doc) == []  # 1,050,001 at 50, then 80,001 at 300
-    doc["styles"]["udnie"]["summary"]["gatys"]["300"]["style"] = 1e7
-    assert report.rising_totals(doc) == ["udnie"]
-
-
 def test_gatys_timing_extrapolates_from_the_median_iteration(monkeypatch):
     seconds = [2.0, 3.0, 7.0, 8.0]  # iteration 3 was slowed down by another process
 
