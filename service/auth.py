@@ -1,6 +1,8 @@
 """Who may call: optional API keys, checked before routing, admission or reading a body.
 
-With `api_keys` set, every path but the probes and the API description needs a key, sent as
+With `api_keys` set, every path but the probes, the API description and the web page (its HTML
+and /static files: the page asks the user for a key and sends it with its API calls) needs a key,
+sent as
 `Authorization: Bearer KEY` or `X-API-Key: KEY`. `/metrics` needs `metrics_api_key` when that
 is set (the API keys do not open it: scrapers and clients are different parties), else it is
 open like the probes, for a scraper inside the cluster. With no keys configured (the default,
@@ -27,8 +29,14 @@ from service import errors
 from service.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs",
-                        "/docs/oauth2-redirect", "/redoc"})
+                        "/docs/oauth2-redirect", "/redoc", "/"})
+STATIC_PREFIX = "/static/"  # a StaticFiles mount: it can only serve the page's own files
 METRICS_PATH = "/metrics"
+
+
+def is_open(path: str) -> bool:
+    """Paths anyone may fetch, key or not."""
+    return path in OPEN_PATHS or path.startswith(STATIC_PREFIX)
 
 
 def key_id(key: str) -> str:
@@ -82,7 +90,7 @@ class ApiKeyAuth:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         ring = self.metrics_key if scope["path"] == METRICS_PATH else self.api_keys

@@ -30,7 +30,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import errors
-from service.auth import METRICS_PATH, OPEN_PATHS
+from service.auth import METRICS_PATH, is_open
 from service.metrics import Metrics
 
 log = logging.getLogger("service.ratelimit")
@@ -187,7 +187,7 @@ class RateLimit:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS \
+        if scope["type"] == "http" and not is_open(scope["path"]) \
                 and scope["path"] != METRICS_PATH:
             wait = await self.limiter.take(caller_of(scope))
             if wait > 0:

@@ -98,6 +98,18 @@ async def test_probes_and_the_api_description_stay_open(api: Running) -> None:
 
 
 @module_loop
+async def test_the_web_page_stays_open_and_its_api_calls_need_the_key(api: Running) -> None:
+    page = await api.client.get("/")
+    assert page.status_code == 200 and 'id="api-key"' in page.text
+    script = await api.client.get("/static/app.js")
+    assert script.status_code == 200 and "X-API-Key" in script.text
+    assert (await api.client.get("/static/no-such-file.js")).status_code == 404
+    assert_unauthorized(await api.client.get("/v1/models"))
+    assert_unauthorized(await api.client.get("/v1/styles/udnie/thumbnail"))
+    assert_unauthorized(await api.client.get("/staticky"))  # shares "/static", not "/static/"
+
+
+@module_loop
 async def test_unknown_paths_do_not_reveal_what_exists(api: Running) -> None:
     assert_unauthorized(await api.client.get("/v1/secret-admin"))
     assert_unauthorized(await api.client.get("/anything"))
