@@ -28,7 +28,8 @@ class TrainConfig:
     padding: str = opt("zero", "convolution padding: zero (paper) or reflect")
     tv_weight: float = opt(1e-6, "lambda_TV of the total variation regulariser")
     device: str = opt("auto", "auto, cpu or cuda")
-    amp: str = opt("auto", "autocast dtype: auto (bf16 where supported), bf16, fp16 or none")
+    amp: str = opt("auto", "autocast dtype: auto (bf16 where the hardware runs it natively), "
+                   "bf16, fp16 or none")
     time_limit_s: float = opt(0.0, "stop after this many seconds and save (0 = no limit)")
     checkpoint_every: int = opt(1000, "write a resumable checkpoint every N steps")
     checkpoint_dir: str = opt("runs", "folder for resumable checkpoints")
