@@ -22,14 +22,19 @@ MANIFEST_OWN = ("name", "task", "architecture", "options", "sha256", "created", 
 
 
 def fp16_error_levels(net: torch.nn.Module, factor: int) -> float:
-    """Largest difference, in levels of 255, between the network and its fp16-rounded copy."""
+    """Largest difference, in levels of 255, between the network and its fp16-rounded copy
+    (for a multi-style network, over each of its styles)."""
     low = copy.deepcopy(net)
     low.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
+    styles = getattr(net, "styles", None)
+    mixes = torch.eye(len(styles)).unsqueeze(1) if styles else [None]  # (S, 1, S) one-hots
     worst = 0.0
     with torch.inference_mode():
         for path in sorted(CONTENT.glob("*.jpg")):
             x = load_rgb(path, 256 // factor).float().unsqueeze(0) / 255
-            worst = max(worst, float((net(x) - low(x)).abs().max() * 255))
+            for mix in mixes:
+                args = (x,) if mix is None else (x, mix)
+                worst = max(worst, float((net(*args) - low(*args)).abs().max() * 255))
     return worst
 
 

@@ -135,7 +135,7 @@ def test_style_table_matches_the_manifests():
         (ratio,) = [h for h in row if h.startswith("style loss ÷")]
         assert_cell(row[ratio], [check["max_ratio"]])
         assert row["shipped"] == ("yes" if check["passed"] else "**no**")
-    assert names == sorted(n for n, m in MANIFESTS.items() if m["task"] == "style")
+    assert names == sorted(n for n, m in MANIFESTS.items() if m["architecture"] == "style")
 
 
 def test_speed_tables_match_the_json_and_the_manifests():
@@ -182,7 +182,7 @@ def test_gallery_pictures_exist_and_cover_every_style():
     assert sources
     missing = [s for s in sources if not (REPO / s).is_file()]
     assert not missing, f"missing gallery pictures: {missing[:5]}"
-    styles = {n for n, m in MANIFESTS.items() if m["task"] == "style"}
+    styles = {n for n, m in MANIFESTS.items() if m["architecture"] == "style"}
     assert styles <= {model_name(r["style"]) for r in tables(text)[0] if model_name(r["style"])}
 
 

@@ -351,7 +351,7 @@ def run_style(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     store = ModelStore(args.store)
-    names = [m.name for m in store.manifests() if m.task == "style"
+    names = [m.name for m in store.manifests() if m.architecture == "style"
              and (not args.models or m.name in args.models.split(","))]
     if not names:
         raise ValueError(f"no style models in {args.store}")
@@ -600,7 +600,7 @@ def run_speed(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     store = ModelStore(args.store)
-    styles = [m.name for m in store.manifests() if m.task == "style"]
+    styles = [m.name for m in store.manifests() if m.architecture == "style"]
     if not styles:
         raise ValueError(f"no style models in {args.store}")
     name = args.model or styles[0]
@@ -736,7 +736,7 @@ def run_gallery(args: argparse.Namespace) -> int:
         index["contents"].append({"name": stem, "path": save(im.permute(1, 2, 0).numpy(),
                                                             f"gallery/content/{stem}.jpg")})
     for m in store.manifests():
-        if m.task != "style":
+        if m.architecture != "style":  # one network per style; the multi-style one is not shown
             continue
         net, _ = store.load(m.name)
         painting = load_rgb(data / "styles" / Path(m.training["config"]["style_image"]).name,
