@@ -1,4 +1,5 @@
-"""FastAPI dependencies: admission, model lookup, output options, and the request body."""
+"""FastAPI dependencies: admission, model (and style) lookup, output options, and the request
+body."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from fastapi import Depends, Header, Query, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from service import errors
+from service import errors, styles
 from service.imaging import INPUT_CONTENT_TYPES
 from service.inference import OutputOptions
 from service.lifecycle import Services
 from service.middleware import Backlog
 from service.registry import LoadedModel
+from service.styles import StyleChoice
 
 T = TypeVar("T")
 DEFAULT_QUALITY = 90
@@ -64,17 +66,23 @@ async def admit(request: Request, services: ServicesDep) -> AsyncIterator[Ticket
 TicketDep = Annotated[Ticket, Depends(admit)]
 
 
-def style_model(
+STYLE_DESCRIPTION = (
+    "a style name (see GET /v1/models: the single-style models and the `styles` of the "
+    "multi-style ones), or a blend `name:weight,name:weight,...` such as `candy:0.7,udnie:0.3`: "
+    "non-negative weights, normalised to sum to 1 (a weight left out counts 1); a blend runs "
+    "on one multi-style network holding every style named, mixing their normalisation "
+    "parameters")
+
+
+def style_choice(
     request: Request, services: ServicesDep,
-    style: Annotated[str, Query(min_length=1, max_length=64,
-                                description="style name, see GET /v1/models")],
-) -> LoadedModel:
-    model = services.registry.get(style)
-    if model is None or model.task != "style":
-        available = ", ".join(services.registry.styles()) or "none"
-        raise errors.UnknownModel(f"unknown style {style!r}; available: {available}")
-    request.state.model = model.name
-    return model
+    style: Annotated[str, Query(min_length=1, max_length=512, description=STYLE_DESCRIPTION)],
+) -> StyleChoice:
+    settings = services.settings
+    weights = styles.parse(style, settings.max_blend_styles)
+    choice = styles.choose(services.registry, weights, settings.style_backend)
+    request.state.model = choice.model.name
+    return choice
 
 
 def superres_model(
@@ -134,7 +142,7 @@ def negotiate(accept: str | None) -> str:
     return best
 
 
-ModelDep = Annotated[LoadedModel, Depends(style_model)]
+StyleDep = Annotated[StyleChoice, Depends(style_choice)]
 SuperResDep = Annotated[LoadedModel, Depends(superres_model)]
 OutputDep = Annotated[OutputOptions, Depends(output_options)]
 

@@ -54,6 +54,12 @@ class UnknownModel(ServiceError):
     status, code, reason = 404, "unknown_model", "not_found"
 
 
+class CannotBlend(ServiceError):
+    """Every style named exists, but no one multi-style network holds them all."""
+
+    status, code, reason = 400, "cannot_blend", "bad_request"
+
+
 class PayloadTooLarge(ServiceError):
     """The body is over max_body_bytes; the connection is closed rather than read to the end."""
 

@@ -5,8 +5,9 @@ the event loop only schedules. Images whose output is over `TileConfig.threshold
 tiles (service/tiling.py): through the batcher for networks without instance norm; for
 instance-norm networks on a thread of their own, one image at a time, since their tiles need
 the whole image's statistics, which the shared batched `run` cannot carry. Style requests may
-mix the output with the input (`StyleOptions`). Routes call `Inference.transform`; nothing
-here knows HTTP.
+mix the output with the input (`StyleOptions`); on a multi-style network they bring a row of
+style weights, which travels with the pixels through the batcher (and through the tiles) to
+the forward pass. Routes call `Inference.transform`; nothing here knows HTTP.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from service import batcher as batching
 from service import errors, imaging
 from service.cache import Cache, cache_key
 from service.metrics import Metrics
-from service.registry import MIN_SIDE_PX, LoadedModel, is_oom
+from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
 from service.singleflight import SingleFlight
 from service.tiling import ImageNorm, TileConfig, has_instance_norm, run_tiled_async
 
@@ -50,6 +51,7 @@ class StyleOptions:
 
     strength: float = 1.0          # 0..1
     preserve_color: bool = False
+    mix: tuple[float, ...] | None = None   # a multi-style network's style weights (its order)
 
     @property
     def is_plain(self) -> bool:
@@ -74,7 +76,7 @@ class _Prepared:
 
 
 class Inference:
-    def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], np.ndarray, np.ndarray],
+    def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], Payload, np.ndarray],
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
                  max_pixels: int, max_output_pixels: int,
                  tiling: TileConfig | None = None) -> None:
@@ -101,6 +103,8 @@ class Inference:
             "pipeline": PIPELINE_VERSION}
         if style is not None:
             params["style"] = [style.strength, style.preserve_color]
+            if style.mix is not None:   # rounded by the caller: equal blends share an entry
+                params["mix"] = list(style.mix)
         if self.tiling is not None:  # tiled outputs differ slightly with the tiling settings
             params["tiling"] = [self.tiling.threshold_pixels, *self.tiling.tile_for(model.factor)]
         key = cache_key(hashlib.sha256(data).hexdigest(), model.digest, params)
@@ -127,16 +131,18 @@ class Inference:
         h, w = prepared.pixels.shape[:2]
         f = model.factor
         timings: dict[str, float] = {"decode": decode_s}
+        mix = (np.asarray(style.mix, np.float32)
+               if style is not None and style.mix is not None else None)
         if style is not None and style.strength == 0:
             output = prepared.pixels    # nothing of the style: the network need not run
         elif self.tiling is not None and self.tiling.applies(h, w, f):
             if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
-                output = await self._run_tiled_image_norm(model, prepared.pixels, deadline,
-                                                          timings)
+                output = await self._run_tiled_image_norm(model, prepared.pixels, mix,
+                                                          deadline, timings)
             else:
-                output = await self._run_tiled(model, prepared.pixels, deadline, timings)
+                output = await self._run_tiled(model, prepared.pixels, mix, deadline, timings)
         else:
-            done = await self._submit(model, prepared.pixels, deadline)
+            done = await self._submit(model, prepared.pixels, mix, deadline)
             output = done.value
             timings.update(queue=done.queue_s, compute=done.compute_s)
 
@@ -150,8 +156,8 @@ class Inference:
         await self.cache.set(key, body)
         return body, timings
 
-    async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, deadline: float,
-                         timings: dict[str, float]) -> np.ndarray:
+    async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
+                         deadline: float, timings: dict[str, float]) -> np.ndarray:
         """`pixels` through the batcher tile by tile. The deadline bounds the wait of the first
         tile only: once the computation has started, the request is not abandoned."""
         assert self.tiling is not None
@@ -161,7 +167,8 @@ class Inference:
 
         async def submit(tile: np.ndarray) -> np.ndarray:
             nonlocal queue_s
-            done = await self._submit(model, tile, deadline if queue_s is None else math.inf)
+            done = await self._submit(model, tile, mix,
+                                      deadline if queue_s is None else math.inf)
             if queue_s is None:
                 queue_s = done.queue_s
             return done.value
@@ -174,7 +181,8 @@ class Inference:
         return output
 
     async def _run_tiled_image_norm(self, model: LoadedModel, pixels: np.ndarray,
-                                    deadline: float, timings: dict[str, float]) -> np.ndarray:
+                                    mix: np.ndarray | None, deadline: float,
+                                    timings: dict[str, float]) -> np.ndarray:
         """`pixels` in tiles with the whole image's instance-norm statistics (tiling.ImageNorm)
         on the image-norm thread. The deadline bounds the wait for that thread; a client that
         goes away stops the job before its next forward pass."""
@@ -194,7 +202,7 @@ class Inference:
                 self._image_norms[key] = ImageNorm(model.module, model.device, model.dtype)
             output = self._image_norms[key].run_tiled(
                 pixels, tile=size, overlap=overlap, factor=model.factor, batch_size=batch_size,
-                should_stop=stop.is_set)
+                should_stop=stop.is_set, mix=mix)
             return output, started
 
         loop = asyncio.get_running_loop()
@@ -212,12 +220,13 @@ class Inference:
         """Stop the image-norm thread (a job still running finishes on its own)."""
         self._image_norm_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _submit(self, model: LoadedModel, pixels: np.ndarray,
+    async def _submit(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
                       deadline: float) -> batching.Done[np.ndarray]:
-        """One image (or tile) through the batcher; its errors become service errors."""
+        """One image (or tile) through the batcher; its errors become service errors. The key
+        never holds the style weights: different styles of one network share a batch."""
         h, w = pixels.shape[:2]
         try:
-            return await self.batcher.submit((model.name, h, w), pixels,
+            return await self.batcher.submit((model.name, h, w), (pixels, mix),
                                              deadline=deadline, cost=h * w)
         except Exception as e:
             raise _service_error(model, e) from (None if _is_expected(e) else e)

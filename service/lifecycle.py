@@ -23,7 +23,7 @@ from service.cache import Cache, make_cache
 from service.imaging import set_pixel_limit
 from service.inference import Inference
 from service.metrics import Metrics
-from service.registry import Registry, is_oom
+from service.registry import Payload, Registry, is_oom
 from service.settings import Settings
 
 log = logging.getLogger("service.lifecycle")
@@ -111,7 +111,7 @@ class Services:
     metrics: Metrics
     lifecycle: Lifecycle
     registry: Registry
-    batcher: Batcher[tuple[str, int, int], np.ndarray, np.ndarray]
+    batcher: Batcher[tuple[str, int, int], Payload, np.ndarray]
     cache: Cache
     inference: Inference
     codec_pool: ThreadPoolExecutor
@@ -183,13 +183,17 @@ def build_services(settings: Settings) -> Services:
                         max_batch_size=settings.max_batch_size,
                         max_batch_pixels=settings.max_batch_pixels)
 
-    def run_batch(key: tuple[str, int, int], images: list[np.ndarray]) -> list[np.ndarray]:
+    def run_batch(key: tuple[str, int, int], items: list[Payload]) -> list[np.ndarray]:
+        """One forward pass; the key holds no style, so a multi-style network's requests for
+        different styles share it (each item brings its own row of style weights)."""
         model = registry.get(key[0])
         if model is None:
             raise LookupError(f"model {key[0]} is not loaded")
-        return model.run(images)
+        conditions = [c for _, c in items]
+        return model.run([p for p, _ in items],
+                         conditions if any(c is not None for c in conditions) else None)
 
-    batcher: Batcher[tuple[str, int, int], np.ndarray, np.ndarray] = Batcher(
+    batcher: Batcher[tuple[str, int, int], Payload, np.ndarray] = Batcher(
         run_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
         queue_limit=settings.queue_limit, max_batch_cost=settings.max_batch_pixels,
         batch_limit=registry.max_batch, label=_model_of, is_oom=is_oom,

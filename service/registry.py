@@ -4,6 +4,13 @@ Knows nothing of HTTP, caching or metrics: it turns uint8 pixel arrays into uint
 With `policy="measure"` it also decides how each model runs on this device (`service.policy`):
 the execution path and the largest batch per common input size, and on a CPU how many forward
 passes run at once ("lanes"), which the batcher follows.
+
+A multi-style network (architecture "multistyle": conditional instance norm, one set of
+convolutions for many styles) takes a second input per image, its condition: the row of style
+weights (`LoadedModel.styles` order, summing to 1). Images with different rows run in one
+forward pass. Only the base path (the module itself, eager under inference mode) takes that
+input: the exact rewrite and the ONNX export of `service.execution` have the image as their only
+input, so a multi-style network is measured for its batch sizes on the base path alone.
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +56,11 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return _DTYPES[setting]
 
 
+# What one request gives a network: (H, W, 3) uint8 pixels and its condition (a multi-style
+# network's (S,) style weights; None for the others).
+Payload = tuple[np.ndarray, np.ndarray | None]
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError)
 
@@ -59,6 +74,9 @@ class LoadedModel:
     dtype: torch.dtype
     policy: ModelPolicy = field(default_factory=lambda: policies.fixed_policy("base", 8))
     runners: dict[str, execution.Runner] = field(default_factory=dict)  # other paths in use
+    # MultiStyleNet.forward hands the style weights to its norm layers as attributes, so two
+    # passes at once on one module (the batcher's lanes) would swap weights: one at a time.
+    _mix_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def task(self) -> str:
@@ -77,20 +95,40 @@ class LoadedModel:
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
-    def run_module(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The styles a multi-style network holds, in the order of its weights; () for a
+        network of one style (its name is the style) or for super-resolution."""
+        if self.manifest.architecture != "multistyle":
+            return ()
+        return tuple(self.manifest.options.get("styles", ()))
+
+    def run_module(self, x: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
         """The base path: `module` as loaded (looked up at each call, so it can be swapped).
-        channels_last on CUDA; on the CPU it is slower with instance norm (bench model)."""
-        with torch.inference_mode():
+        channels_last on CUDA; on the CPU it is slower with instance norm (bench model).
+        `mix`: a multi-style network's (N, S) style weights."""
+        with torch.inference_mode(), (self._mix_lock if mix is not None else nullcontext()):
             x = x.to(self.dtype)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.module(x)
+            return self.module(x) if mix is None else self.module(x, mix)
 
-    def run(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def uniform_runner(self) -> execution.Runner:
+        """The base path of a multi-style network with every style weighted equally: what the
+        policy times (the weights do not change the cost)."""
+        n = len(self.styles)
+        return lambda x: self.run_module(x, x.new_full((x.shape[0], n), 1 / n))
+
+    def run(self, images: Sequence[np.ndarray],
+            conditions: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 arrays of one shape -> outputs, (fH, fW, 3) uint8, on the path the
-        policy chose for that size. Thread-safe: the batcher's lanes call it concurrently."""
+        policy chose for that size. A multi-style network needs `conditions`, one (S,) row of
+        style weights per image; they run on the base path (see the module docstring).
+        Thread-safe: the batcher's lanes call it concurrently."""
         x = torch.from_numpy(np.stack(images))                 # (N, H, W, 3) uint8
-        runner = self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
+        mix = self._mix(conditions, len(images))
+        runner = (self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
+                  if mix is None else partial(self.run_module, mix=mix.to(self.device)))
         try:
             with torch.inference_mode():
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
@@ -101,6 +139,21 @@ class LoadedModel:
             torch.cuda.empty_cache()
             raise
         return list(y)
+
+    def _mix(self, conditions: Sequence[np.ndarray | None] | None, n: int
+             ) -> torch.Tensor | None:
+        """The (N, S) float32 weights of a multi-style network's batch; None for the others."""
+        if not self.styles:
+            if conditions is not None and any(c is not None for c in conditions):
+                raise ValueError(f"model {self.name} takes no condition")
+            return None
+        if conditions is None or len(conditions) != n or any(c is None for c in conditions):
+            raise ValueError(f"model {self.name} needs one row of style weights per image")
+        mix = np.stack([np.asarray(c, np.float32) for c in conditions])  # type: ignore[misc]
+        if mix.shape != (n, len(self.styles)):
+            raise ValueError(f"model {self.name}: style weights must be ({n}, "
+                             f"{len(self.styles)}), got {mix.shape}")
+        return torch.from_numpy(mix)
 
 
 class Registry:
@@ -149,7 +202,9 @@ class Registry:
             if self.policy == "measure" and self.policy_sizes:
                 self._measure(model)
             side = 4 * MIN_SIDE_PX if model.task == "style" else MIN_SIDE_PX
-            model.run([np.zeros((side, side, 3), np.uint8)])   # warm-up: kernels, allocator
+            n = len(model.styles)   # warm-up: kernels, allocator
+            model.run([np.zeros((side, side, 3), np.uint8)],
+                      [np.full(n, 1 / n, np.float32)] if n else None)
             self._models[name] = model
             log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
                      name, model.task, model.factor, self.device, model.dtype_name,
@@ -167,19 +222,23 @@ class Registry:
         started = time.monotonic()
         arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
         first = self._measured.get(arch)
-        base: execution.Runner = model.run_module
-        runners = {self.base_path: base, **execution.candidates(
-            model.module, self.device, self.dtype_setting, self.dtype,
-            only=None if first is None else first.policy.paths())}
-        if self.device.type == "cpu" and self.dtype == torch.float32:
-            reference = base            # float32 on the CPU already: the reference itself
-        else:
-            fp32 = copy.deepcopy(model.module).float()
-            reference = execution.TorchRunner(
-                fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
         sides = sorted({max(MIN_SIDE_PX, s // model.factor) for s in self.policy_sizes})
-        errors = policies.check_errors(runners, reference,
-                                       policies.test_image(sides[0]).to(self.device))
+        base: execution.Runner = model.run_module
+        if model.styles:   # only the module itself takes the style weights: nothing to compare
+            runners = {self.base_path: model.uniform_runner()}
+            errors = {self.base_path: 0.0}
+        else:
+            runners = {self.base_path: base, **execution.candidates(
+                model.module, self.device, self.dtype_setting, self.dtype,
+                only=None if first is None else first.policy.paths())}
+            if self.device.type == "cpu" and self.dtype == torch.float32:
+                reference = base            # float32 on the CPU already: the reference itself
+            else:
+                fp32 = copy.deepcopy(model.module).float()
+                reference = execution.TorchRunner(
+                    fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
+            errors = policies.check_errors(runners, reference,
+                                           policies.test_image(sides[0]).to(self.device))
         if first is None:
             model.policy = policies.measure(
                 runners, errors, self.device, sides, base=self.base_path,
@@ -218,7 +277,14 @@ class Registry:
         return self._models.get(name)
 
     def styles(self) -> list[str]:
-        return [m.name for m in self.models() if m.task == "style"]
+        """Every style a request may name: the single-style networks and the styles the
+        multi-style networks hold."""
+        names = {m.name for m in self.models() if m.task == "style" and not m.styles}
+        return sorted(names.union(*(m.styles for m in self.models())))
+
+    def multistyle(self) -> list[LoadedModel]:
+        """The multi-style networks, by name."""
+        return [m for m in self.models() if m.styles]
 
     def superres(self, factor: int) -> list[LoadedModel]:
         """The super-resolution models for `factor`, by name."""

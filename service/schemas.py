@@ -44,6 +44,10 @@ class ModelInfo(BaseModel):
     name: str
     task: str = Field(description="style or superres")
     factor: int | None = Field(description="super-resolution factor (null for style)")
+    styles: list[str] = Field(
+        default_factory=list, description="the styles a multi-style network holds, in the order "
+                                          "of its weights: request one by name, or blend them "
+                                          "(`style=a:0.7,b:0.3`); empty for other models")
     device: str
     dtype: str
     digest: str = Field(description="sha256 of the weights")

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     policy_budget_s: float = Field(
         8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
 
+    # Styles and blends (service/styles.py)
+    style_backend: Literal["single", "multi"] = Field(
+        "single", description="which network answers a one-style request when both its own "
+                              "network and a multi-style network holding it are loaded: "
+                              "'single' (its own) or 'multi'; the other when only one is. "
+                              "Blends always run on a multi-style network")
+    max_blend_styles: int = Field(8, ge=1, le=64, description="names one `style` parameter "
+                                                               "may blend; more: 422")
+
     # Big images: tiled inference (service/tiling.py)
     tile_threshold_pixels: int = Field(
         2048 * 2048, ge=1, description="network output pixels above which an image is cut "

@@ -26,6 +26,9 @@ normalisation layer at a time (each layer's input depends on the layers before i
 the tiles with them; the result matches the untiled output to about a level. It costs a few
 extra passes (numbers in service/README.md); networks without instance norm (the shipped
 super-resolution models) need none and are exact up to the padding at the image border.
+A multi-style network (conditional instance norm: a plain instance norm, then the mixed
+per-style scale and shift) works the same way: its plain norms get the whole-image statistics,
+and every pass gets the image's row of style weights (`mix`).
 """
 
 from __future__ import annotations
@@ -276,6 +279,7 @@ class ImageNorm:
         self.device, self.dtype = device, dtype
         self.norms = [m for m in self.module.modules() if isinstance(m, nn.InstanceNorm2d)]
         self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mix: torch.Tensor | None = None   # (1, S): a multi-style network's weights
         for norm in self.norms:
             norm.register_forward_hook(self._normalise)
 
@@ -299,7 +303,9 @@ class ImageNorm:
         x = (x.to(self.dtype) / 255).contiguous()
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.module(x)
+        if self.mix is None:
+            return self.module(x)
+        return self.module(x, self.mix.expand(len(tiles), -1))
 
     def run(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 tiles in, uint8 outputs out, with the statistics set by `measure`."""
@@ -350,10 +356,11 @@ class ImageNorm:
         return mean.float()[None, :, None, None], var.float()[None, :, None, None]
 
     def run_tiled(self, image: np.ndarray, *, tile: int, overlap: int, factor: int = 1,
-                  batch_size: int = 1,
-                  should_stop: Callable[[], bool] = lambda: False) -> np.ndarray:
+                  batch_size: int = 1, should_stop: Callable[[], bool] = lambda: False,
+                  mix: np.ndarray | None = None) -> np.ndarray:
         """Measure the whole-image statistics, then run the tiles with them. `should_stop` is
-        asked before every forward pass (a client that went away stops a long job)."""
+        asked before every forward pass (a client that went away stops a long job). `mix`: a
+        multi-style network's (S,) style weights for the image."""
         plan = TilePlan.make(image.shape[0], image.shape[1], tile=tile, overlap=overlap,
                              factor=factor)
 
@@ -362,6 +369,8 @@ class ImageNorm:
                 raise Cancelled
             return self.run(tiles)
 
+        if mix is not None:
+            self.mix = torch.from_numpy(np.asarray(mix, np.float32))[None].to(self.device)
         try:
             self.measure(image, plan, batch_size, should_stop)
             return run_tiled(image, run, tile=tile, overlap=overlap, factor=factor,
@@ -371,3 +380,4 @@ class ImageNorm:
             raise
         finally:
             self.stats.clear()
+            self.mix = None

@@ -44,7 +44,8 @@ async def metrics(services: ServicesDep) -> Response:
                 429: {"model": ErrorResponse, "description": "over the rate limit"}})
 async def list_models(services: ServicesDep) -> ModelList:
     return ModelList(models=[
-        ModelInfo(name=m.name, task=m.task, factor=m.manifest.factor, device=str(m.device),
+        ModelInfo(name=m.name, task=m.task, factor=m.manifest.factor, styles=list(m.styles),
+                  device=str(m.device),
                   dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics,
                   policy=PolicyInfo(**m.policy.as_dict(), lanes=services.registry.lanes,
                                     threads=services.registry.threads))

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import (
-    ModelDep,
     OutputDep,
     ServicesDep,
+    StyleDep,
     SuperResDep,
     TicketDep,
     read_image,
@@ -34,8 +34,8 @@ IMAGE_BODY: dict[str, Any] = {"requestBody": {
                     "properties": {"image": {"type": "string", "format": "binary"}}}}},
 }}
 _errors = {
-    400: "undecodable image or malformed body",
     401: "missing or wrong API key (when the deployment configures keys)",
+    400: "undecodable image, malformed body, or a blend no one multi-style network holds",
     404: "unknown style, factor or model", 408: "the body arrived too slowly",
     413: "body or image over the size limit", 414: "path and query string over the limit",
     415: "unsupported content type or animated image", 422: "invalid parameter",
@@ -54,7 +54,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.post("/stylize", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,
              summary="Stylise an image")
 async def stylize(
-    ticket: TicketDep, model: ModelDep, options: OutputDep, request: Request,
+    ticket: TicketDep, choice: StyleDep, options: OutputDep, request: Request,
     services: ServicesDep,
     strength: Annotated[float, Query(
         ge=0, le=1, allow_inf_nan=False,
@@ -64,10 +64,10 @@ async def stylize(
         description="keep the input's colours: the output's luminance with the input's "
                     "chroma (YIQ), as in Gatys et al. 2016")] = False,
 ) -> Response:
-    """Apply the style network `style` to the image in the body; the output has its size.
-    Images over the tiling threshold are stylised in overlapping tiles."""
-    style = StyleOptions(strength=strength, preserve_color=preserve_color)
-    return await _transform(request, services, model, options, ticket.deadline, style)
+    """Apply the style (or blend of styles) `style` to the image in the body; the output has
+    its size. Images over the tiling threshold are stylised in overlapping tiles."""
+    style = StyleOptions(strength=strength, preserve_color=preserve_color, mix=choice.mix)
+    return await _transform(request, services, choice.model, options, ticket.deadline, style)
 
 
 @router.post("/superres", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,

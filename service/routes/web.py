@@ -49,11 +49,12 @@ def thumbnail(name: Annotated[str, PathParam(min_length=1, max_length=64)],
               services: ServicesDep) -> Response:
     """The painting the style network was trained on, at most 160 px a side. (A plain `def`:
     FastAPI runs it in a thread, so the first decode of a painting never blocks the loop.)"""
-    model = services.registry.get(name)
-    if model is None or model.task != "style":
-        available = ", ".join(services.registry.styles()) or "none"
-        raise errors.UnknownModel(f"unknown style {name!r}; available: {available}")
-    painting = find_painting(services.settings.style_images_dir, model.name)
+    available = services.registry.styles()     # a multi-style network's styles included
+    if name not in available:
+        raise errors.UnknownModel(f"unknown style {name!r}; available: "
+                                  f"{', '.join(available) or 'none'}")
+    style = available[available.index(name)]   # a loaded style's name, not the client's text
+    painting = find_painting(services.settings.style_images_dir, style)
     if painting is None:
         return errors.error_response(404, "no_thumbnail",
                                      f"no painting for style {name!r} is configured")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from model_store import ModelStore
+from train.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
 from train.style_net import StyleNet
 from train.superres_net import SuperResNet
 
@@ -29,6 +30,33 @@ def make_store(root: Path, styles: tuple[str, ...] = ("candy", "udnie"),
     return store
 
 
+MULTISTYLE_OPTIONS = {"upsample": "resize_conv", "padding": "reflect"}
+
+
+def make_multistyle_store(root: Path, styles: tuple[str, ...] = ("candy", "mosaic", "udnie"),
+                          singles: tuple[str, ...] = ("candy", "wave"),
+                          name: str = "multistyle") -> ModelStore:
+    """A multi-style network `name` holding `styles`, and single-style networks `singles`.
+
+    Random weights, but every style gets its own normalisation scale and shift (far from the
+    initial 1 and 0), so that styles and blends give visibly different outputs."""
+    store = ModelStore(root)
+    torch.manual_seed(7)
+    net = MultiStyleNet(list(styles), **MULTISTYLE_OPTIONS)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, ConditionalInstanceNorm):
+                m.scale.normal_(1.0, 0.5)
+                m.shift.normal_(0.0, 0.5)
+    store.save(net, name=name, task="style", architecture="multistyle",
+               options={"styles": list(styles), **MULTISTYLE_OPTIONS})
+    for i, single in enumerate(singles):
+        torch.manual_seed(20 + i)
+        store.save(StyleNet(norm="instance"), name=single, task="style", architecture="style",
+                   options={"norm": "instance"})
+    return store
+
+
 class Gate(nn.Module):
     """Wraps a network: each forward pass waits until `release` is set, and is counted.
 
@@ -44,12 +72,13 @@ class Gate(nn.Module):
             self.release.set()
         self.batches: list[int] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *condition: torch.Tensor) -> torch.Tensor:
+        """`condition`: a multi-style network's style weights, passed through."""
         self.batches.append(x.shape[0])
         self.entered.set()
         if not self.release.wait(timeout=60):
             raise TimeoutError("test gate was never released")
-        return self.inner(x)
+        return self.inner(x, *condition)
 
 
 def hold(services: object, name: str) -> Gate:

@@ -39,8 +39,9 @@ async def test_health_ready_and_models(api: Running) -> None:
     manifest = ModelStore(api.services.settings.model_store).manifest("sr8")
     policy = models["sr8"].pop("policy")   # tests/service/test_service_policy.py checks it
     assert (policy["source"], policy["lanes"], policy["default"]["max_batch"]) == ("fixed", 1, 8)
-    assert models["sr8"] == {"name": "sr8", "task": "superres", "factor": 8, "device": "cpu",
-                             "dtype": "float32", "digest": manifest.sha256, "metrics": {}}
+    assert models["sr8"] == {"name": "sr8", "task": "superres", "factor": 8, "styles": [],
+                             "device": "cpu", "dtype": "float32", "digest": manifest.sha256,
+                             "metrics": {}}
     assert models["udnie"]["factor"] is None
 
 
