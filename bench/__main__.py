@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability",
-              "service": "bench.service", "cache": "bench.cache"}
+              "service": "bench.service", "cache": "bench.cache", "styles": "bench.styles"}
 
 
 def main() -> int:

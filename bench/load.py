@@ -4,7 +4,8 @@ Runs as its own process (`python -m bench.load < spec.json > result.json`) so th
 CPU work is not the server's: each of `concurrency` workers posts an image, waits for the
 answer, and posts the next one. A level counts the answers completed inside its window (after
 a warm-up, until `duration_s` has passed and `min_done` have completed, at most `max_s`), and
-reads the server's batch-size histogram at both ends of the window.
+reads the server's batch-size histogram at both ends of the window. With `paths` (a list) the
+k-th request goes to paths[k % len(paths)] with bodies[k % len(bodies)], e.g. cycling styles.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ async def run_level(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
     warmup_s, duration_s = spec["warmup_s"], spec["duration_s"]
     max_s, min_done = spec["max_s"], max(spec["min_done"], 2 * concurrency)
     headers = {"content-type": spec.get("content_type", "image/png")}
+    paths = spec.get("paths") or [spec["path"]]
     start = time.perf_counter()
     window: dict[str, float] = {"from": start + warmup_s, "to": float("inf")}
     done: list[tuple[float, float, object]] = []     # (end, latency, status)
@@ -93,11 +95,11 @@ async def run_level(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
     async def worker(i: int) -> None:
         k = i
         while not stop.is_set():
-            body = bodies[k % len(bodies)]
+            body, path = bodies[k % len(bodies)], paths[k % len(paths)]
             k += concurrency
             t0 = time.perf_counter()
             try:
-                r = await client.post(spec["path"], content=body, headers=headers)
+                r = await client.post(path, content=body, headers=headers)
                 status: object = r.status_code
             except httpx.HTTPError as e:
                 status = type(e).__name__
