@@ -30,6 +30,9 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
   composited on white). Animated or multi-page images are refused with 415.
 * `POST /v1/stylize` also takes `strength=0..1` (a pixel-space blend of the stylised output
   with the input) and `preserve_color=true` (the output's luminance with the input's colours).
+* Blends of styles, `style=candy:0.7,udnie:0.3`, run on a multi-style network holding every
+  style named (`GET /v1/models` lists its `styles`): it mixes the styles' normalisation
+  parameters.
 * Images whose output is over the tiling threshold run in overlapping, feathered tiles, so
   memory is bounded by the tile size (e.g. 4096x4096 inputs for style).
 * A web page at `/` uploads an image and shows the result; `GET /v1/styles/{name}/thumbnail`

@@ -78,6 +78,8 @@ def style_choice(
     request: Request, services: ServicesDep,
     style: Annotated[str, Query(min_length=1, max_length=512, description=STYLE_DESCRIPTION)],
 ) -> StyleChoice:
+    """The network (and style weights) for `style`; 422, 404 or 400 as service/styles.py
+    says."""
     settings = services.settings
     weights = styles.parse(style, settings.max_blend_styles)
     choice = styles.choose(services.registry, weights, settings.style_backend)

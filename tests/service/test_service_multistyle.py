@@ -335,3 +335,15 @@ def test_measured_policy_runs_the_multistyle_network_on_its_base_path(ms_root: P
         model.run([image])
     with pytest.raises(ValueError, match=r"must be \(1, 3\)"):
         model.run([image], [np.ones(2, np.float32)])
+
+
+async def test_a_style_of_the_multistyle_network_has_a_thumbnail(ms_root: Path,
+                                                                  tmp_path: Path) -> None:
+    (tmp_path / "mosaic.jpg").write_bytes(images.jpeg(300, 200))
+    async with running(ms_settings(ms_root, style_images_dir=tmp_path)) as r:
+        resp = await r.client.get("/v1/styles/mosaic/thumbnail")
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+        assert max(images.decode(resp.content).size) == 160
+        network = await r.client.get("/v1/styles/multistyle/thumbnail")  # a model, not a style
+        assert network.status_code == 404
+        assert network.json()["error"]["code"] == "unknown_model"
