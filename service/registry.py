@@ -149,7 +149,7 @@ class LoadedModel:
             return None
         if conditions is None or len(conditions) != n or any(c is None for c in conditions):
             raise ValueError(f"model {self.name} needs one row of style weights per image")
-        mix = np.stack([np.asarray(c, np.float32) for c in conditions])  # type: ignore[misc]
+        mix = np.stack([np.asarray(c, np.float32) for c in conditions])
         if mix.shape != (n, len(self.styles)):
             raise ValueError(f"model {self.name}: style weights must be ({n}, "
                              f"{len(self.styles)}), got {mix.shape}")
