@@ -16,6 +16,11 @@ cycling over the styles (`style=udnie`, `style=candy`, ...), at each concurrency
 throughput, p50/p95/p99, errors, and the forward passes and mean batch from /metrics. Writes
 bench/results/styles-<device>.json and a PNG plot. `--quick`: tiny sizes and windows (a smoke
 run, no meaningful numbers).
+
+Paths: with the measured policy the per-style networks may run a faster exact path (on the CPU
+`onnx_rewrite`), while the multi-style network runs eager only (its style weights are a second
+input the rewrite and ONNX paths lack); the JSON records each model's policy.
+`--batch-policy fixed` compares both on eager torch, batching alone.
 """
 
 from __future__ import annotations
