@@ -1,7 +1,8 @@
 """Execution paths: the ways a loaded network can run a batch, named as in `python -m bench model`.
 
-A runner takes a float32 (N, 3, H, W) batch in [0, 1] on the model's device and returns the
-network's output (any float dtype, on the device or the CPU). `candidates` builds the paths worth
+A runner takes a float32 (N, 3, H, W) batch in [0, 1] on the model's device (and, for a
+multi-style network, its (N, S) style weights) and returns the network's output (any float
+dtype, on the device or the CPU). `candidates` builds the paths worth
 trying on a device; `service.policy` times them at warm-up and keeps the fastest whose output
 stays within one grey level of float32 (`bench model` measures all of them, and more).
 
@@ -30,7 +31,7 @@ from service.rewrite import rewrite
 
 log = logging.getLogger("service.execution")
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[..., torch.Tensor]   # (x) -> y, or (x, mix) -> y for a multi-style network
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 _lane = threading.local()
 
@@ -52,25 +53,30 @@ def current_threads() -> int:
 
 
 class TorchRunner:
-    """`module` under inference mode, in `dtype` (or float32 under bfloat16 autocast)."""
+    """`module` under inference mode, in `dtype` (or float32 under bfloat16 autocast).
+
+    A multi-style network's forward hands the style weights to its norm layers as attributes,
+    so passes with weights run one at a time on a module (the batcher's lanes may overlap)."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype, *, channels_last: bool = False,
                  autocast: torch.dtype | None = None) -> None:
         self.module, self.dtype = module, dtype
         self.channels_last, self.autocast = channels_last, autocast
+        self._mix_lock = threading.Lock()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
         cast = (torch.autocast(x.device.type, dtype=self.autocast) if self.autocast
                 else contextlib.nullcontext())
-        with torch.inference_mode(), cast:
+        with torch.inference_mode(), cast, (self._mix_lock if mix else contextlib.nullcontext()):
             x = x.to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.module(x)
+            return self.module(x, *mix)
 
 
-def export_onnx_bytes(module: nn.Module) -> bytes:
-    """The network as ONNX with dynamic batch, height and width (float32, CPU).
+def export_onnx_bytes(module: nn.Module, styles: int = 0) -> bytes:
+    """The network as ONNX with dynamic batch, height and width (float32, CPU); a multi-style
+    network of `styles` styles has a second input, `mix` (N, styles).
 
     The TorchScript-based exporter takes about a second, the torch.export-based one of
     `model_store.onnx_export` five to fifteen: this runs at every start, so the fast one first.
@@ -78,17 +84,24 @@ def export_onnx_bytes(module: nn.Module) -> bytes:
     graph with symbolic amounts (see model_store/onnx_export.py).
     """
     module = copy.deepcopy(module).float().cpu().eval()
-    example = torch.rand(2, 3, 37, 50)
+    example: tuple[torch.Tensor, ...] = (torch.rand(2, 3, 37, 50),)
     buf = io.BytesIO()
     dims = {0: "batch", 2: "height", 3: "width"}
+    names, axes = ["image"], {"image": dims, "output": dims}
+    if styles:
+        example += (torch.softmax(torch.rand(2, styles), 1),)
+        names.append("mix")
+        axes["mix"] = {0: "batch"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), buf, input_names=["image"],
+            torch.onnx.export(module, example, buf, input_names=names,
                               output_names=["output"], dynamo=False, opset_version=17,
-                              dynamic_axes={"image": dims, "output": dims})
+                              dynamic_axes=axes)
         return buf.getvalue()
     except Exception as e:  # the legacy exporter may go away in a later torch
+        if styles:
+            raise
         log.info("TorchScript ONNX export failed (%s); using torch.export", e)
     import tempfile
     from pathlib import Path
@@ -103,11 +116,11 @@ class OnnxRunner:
     the threads between 1 and all, one per calling thread, so that concurrent lanes never share
     an intra-op pool (with all threads the pass runs alone)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, styles: int = 0) -> None:
         import onnxruntime  # optional: the `onnx` extra
 
         self._ort = onnxruntime
-        self._model = export_onnx_bytes(module)
+        self._model = export_onnx_bytes(module, styles)
         self._all = torch.get_num_threads()
         self._sessions: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
@@ -128,9 +141,11 @@ class OnnxRunner:
                     self._model, opts, providers=["CPUExecutionProvider"])
             return self._sessions[key]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        session = self.session(current_threads())
-        return torch.from_numpy(session.run(None, {"image": x.float().numpy()})[0])
+    def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
+        feed = {"image": x.float().numpy()}
+        if mix:
+            feed["mix"] = mix[0].float().cpu().numpy()
+        return torch.from_numpy(self.session(current_threads()).run(None, feed)[0])
 
 
 def native_bf16() -> bool:
@@ -156,16 +171,18 @@ def base_path(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-               loaded_dtype: torch.dtype, only: Collection[str] | None = None) -> dict[str, Runner]:
+               loaded_dtype: torch.dtype, only: Collection[str] | None = None,
+               styles: int = 0) -> dict[str, Runner]:
     """The paths worth measuring besides `base_path` (which runs `module` itself), or those of
     them named in `only`.
 
-    `module` is on `device` in `loaded_dtype`. An explicit dtype setting limits the candidates
-    to that dtype; `auto` tries them all.
+    `module` is on `device` in `loaded_dtype`; `styles`: the number of styles of a multi-style
+    network (its runners take the style weights too). An explicit dtype setting limits the
+    candidates to that dtype; `auto` tries them all.
     """
     runners: dict[str, Runner] = {}
     for name, build in _candidates(module, device, dtype_setting, loaded_dtype,
-                                   lambda name: only is None or name in only).items():
+                                   lambda name: only is None or name in only, styles).items():
         try:
             runners[name] = build()
         except Exception as e:  # never fail a start over an optional path
@@ -174,8 +191,8 @@ def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
 
 
 def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-                loaded_dtype: torch.dtype,
-                wanted: Callable[[str], bool]) -> dict[str, Callable[[], Runner]]:
+                loaded_dtype: torch.dtype, wanted: Callable[[str], bool],
+                styles: int) -> dict[str, Callable[[], Runner]]:
     """Name -> builder of each candidate `wanted`, so that unwanted ones cost nothing."""
     fast = rewrite(copy.deepcopy(module).float())   # weights re-arranged in float32
     runners: dict[str, Callable[[], Runner]] = {}
@@ -196,7 +213,7 @@ def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
         if dtype_setting in ("auto", "float32"):
             runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
             if onnxruntime_available():
-                runners["onnx_rewrite"] = lambda: OnnxRunner(fast)
+                runners["onnx_rewrite"] = lambda: OnnxRunner(fast, styles)
         if dtype_setting == "auto" and native_bf16():
             runners["bf16_autocast"] = lambda: TorchRunner(module, torch.float32,
                                                            autocast=torch.bfloat16)

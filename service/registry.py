@@ -8,9 +8,9 @@ passes run at once ("lanes"), which the batcher follows.
 A multi-style network (architecture "multistyle": conditional instance norm, one set of
 convolutions for many styles) takes a second input per image, its condition: the row of style
 weights (`LoadedModel.styles` order, summing to 1). Images with different rows run in one
-forward pass. Only the base path (the module itself, eager under inference mode) takes that
-input: the exact rewrite and the ONNX export of `service.execution` have the image as their only
-input, so a multi-style network is measured for its batch sizes on the base path alone.
+forward pass. Every execution path of `service.execution` takes that second input (the ONNX
+export has it as an input of its own), and the policy times them with equal weights: the
+weights do not change the cost.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -113,26 +112,19 @@ class LoadedModel:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.module(x) if mix is None else self.module(x, mix)
 
-    def uniform_runner(self) -> execution.Runner:
-        """The base path of a multi-style network with every style weighted equally: what the
-        policy times (the weights do not change the cost)."""
-        n = len(self.styles)
-        return lambda x: self.run_module(x, x.new_full((x.shape[0], n), 1 / n))
-
     def run(self, images: Sequence[np.ndarray],
             conditions: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 arrays of one shape -> outputs, (fH, fW, 3) uint8, on the path the
         policy chose for that size. A multi-style network needs `conditions`, one (S,) row of
-        style weights per image; they run on the base path (see the module docstring).
-        Thread-safe: the batcher's lanes call it concurrently."""
+        style weights per image. Thread-safe: the batcher's lanes call it concurrently."""
         x = torch.from_numpy(np.stack(images))                 # (N, H, W, 3) uint8
         mix = self._mix(conditions, len(images))
-        runner = (self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
-                  if mix is None else partial(self.run_module, mix=mix.to(self.device)))
+        extra = () if mix is None else (mix.to(self.device),)
+        runner = self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
         try:
             with torch.inference_mode():
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-                y = runner((x.float() / 255).contiguous())
+                y = runner((x.float() / 255).contiguous(), *extra)
                 y = (y.float().clamp(0, 1) * 255).round().to(torch.uint8)
                 y = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
@@ -154,6 +146,11 @@ class LoadedModel:
             raise ValueError(f"model {self.name}: style weights must be ({n}, "
                              f"{len(self.styles)}), got {mix.shape}")
         return torch.from_numpy(mix)
+
+
+def equal_weights(runner: execution.Runner, styles: int) -> execution.Runner:
+    """A multi-style runner as a one-input runner: every image with all styles weighted equally."""
+    return lambda x: runner(x, x.new_full((x.shape[0], styles), 1 / styles))
 
 
 class Registry:
@@ -223,22 +220,23 @@ class Registry:
         arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
         first = self._measured.get(arch)
         sides = sorted({max(MIN_SIDE_PX, s // model.factor) for s in self.policy_sizes})
-        base: execution.Runner = model.run_module
-        if model.styles:   # only the module itself takes the style weights: nothing to compare
-            runners = {self.base_path: model.uniform_runner()}
-            errors = {self.base_path: 0.0}
-        else:
-            runners = {self.base_path: base, **execution.candidates(
+        styles = len(model.styles)
+        paths: dict[str, execution.Runner] = {
+            self.base_path: model.run_module, **execution.candidates(
                 model.module, self.device, self.dtype_setting, self.dtype,
-                only=None if first is None else first.policy.paths())}
-            if self.device.type == "cpu" and self.dtype == torch.float32:
-                reference = base            # float32 on the CPU already: the reference itself
-            else:
-                fp32 = copy.deepcopy(model.module).float()
-                reference = execution.TorchRunner(
-                    fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
-            errors = policies.check_errors(runners, reference,
-                                           policies.test_image(sides[0]).to(self.device))
+                only=None if first is None else first.policy.paths(), styles=styles)}
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            reference = paths[self.base_path]  # float32 on the CPU already: the reference itself
+        else:
+            fp32 = copy.deepcopy(model.module).float()
+            reference = execution.TorchRunner(
+                fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
+        # What is timed and checked: a multi-style network with every style weighted equally
+        # (the weights do not change the cost; the rewrite leaves the norm layers as they are).
+        runners = {p: equal_weights(r, styles) for p, r in paths.items()} if styles else paths
+        errors = policies.check_errors(runners, equal_weights(reference, styles) if styles
+                                       else reference,
+                                       policies.test_image(sides[0]).to(self.device))
         if first is None:
             model.policy = policies.measure(
                 runners, errors, self.device, sides, base=self.base_path,
@@ -256,7 +254,7 @@ class Registry:
             model.policy = policies.adopt(first.policy, errors, base=self.base_path,
                                           source=f"shared with {first.name}")
         model.policy.warmup_s = time.monotonic() - started
-        model.runners = {p: runners[p] for p in model.policy.paths() if p != self.base_path}
+        model.runners = {p: paths[p] for p in model.policy.paths() if p != self.base_path}
 
     def max_batch(self, key: tuple[str, int, int]) -> int:
         """The batcher's limit for a (model, height, width) key."""

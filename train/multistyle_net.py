@@ -19,7 +19,7 @@ class ConditionalInstanceNorm(nn.Module):
 
     def __init__(self, channels: int, num_styles: int) -> None:
         super().__init__()
-        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.norm = _InstanceNorm(channels)
         self.scale = nn.Parameter(torch.ones(num_styles, channels))
         self.shift = nn.Parameter(torch.zeros(num_styles, channels))
         self.mix: torch.Tensor | None = None  # (N, num_styles), set by MultiStyleNet.forward
@@ -29,6 +29,19 @@ class ConditionalInstanceNorm(nn.Module):
         scale = (self.mix @ self.scale)[:, :, None, None]   # (N, C, 1, 1)
         shift = (self.mix @ self.shift)[:, :, None, None]
         return self.norm(x) * scale + shift
+
+
+class _InstanceNorm(nn.InstanceNorm2d):
+    """Instance norm without learned affine parameters that passes an identity affine
+    explicitly: the ONNX export needs it to know the channel count after a pixel shuffle."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=False)
+        self.register_buffer("ones", torch.ones(channels), persistent=False)
+        self.register_buffer("zeros", torch.zeros(channels), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.ones, bias=self.zeros, eps=self.eps)
 
 
 def _conv_norm_relu(c_in: int, c_out: int, k: int, stride: int, n: int, padding: Padding,

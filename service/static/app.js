@@ -71,7 +71,9 @@ async function loadModels() {
     return;
   }
   const { models } = await response.json();
-  const styles = models.filter((m) => m.task === "style").map((m) => m.name).sort();
+  // A style is a single-style network's name or one a multi-style network holds (`styles`).
+  const styles = [...new Set(models.filter((m) => m.task === "style")
+    .flatMap((m) => (m.styles && m.styles.length ? m.styles : [m.name])))].sort();
   const factors = [...new Set(models.filter((m) => m.task === "superres").map((m) => m.factor))]
     .sort((a, b) => a - b);
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from model_store import ModelStore
-from service import errors, styles
+from service import errors, execution, styles
 from service.imaging import mix_style
 from service.registry import Registry
 from service.settings import Settings
@@ -318,14 +318,30 @@ async def test_big_blends_run_in_tiles_with_their_weights(ms_root: Path, direct,
         assert diff(out, tiles).max() <= 1
 
 
-def test_measured_policy_runs_the_multistyle_network_on_its_base_path(ms_root: Path,
+def test_every_execution_path_takes_the_style_weights(ms_root: Path, direct) -> None:  # noqa: ANN001
+    """The rewrite and its ONNX export (a second input, `mix`) against the network itself, with
+    two different rows in one batch."""
+    net = networks(ms_root)["multistyle"]
+    paths = execution.candidates(net, torch.device("cpu"), "float32", torch.float32, styles=3)
+    assert {"rewrite", "onnx_rewrite"} <= set(paths)
+    image = images.pixels(37, 50, seed=8)      # sides not multiples of 4: the padding branch
+    rows = [[0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]
+    x = torch.from_numpy(np.stack([image, image])).permute(0, 3, 1, 2).float() / 255
+    for name, runner in paths.items():
+        y = runner(x, torch.tensor(rows))
+        out = (y.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for got, row in zip(out, rows, strict=True):
+            assert diff(got, direct("multistyle", image, row)).max() <= 1, name
+
+
+def test_measured_policy_runs_the_multistyle_network_with_its_weights(ms_root: Path,
                                                                       direct) -> None:  # noqa: ANN001
     registry = Registry(ms_root, ["multistyle"], device="cpu", dtype="float32",
                         policy="measure", policy_sizes=[32], policy_budget_s=0.5)
     (model,) = registry.load_all()
     assert model.styles == STYLES
     assert model.policy.source == "measured"
-    assert model.policy.paths() == {"inference_mode"} and model.runners == {}
+    assert model.policy.paths() <= {"inference_mode", "rewrite", "onnx_rewrite"}
     image = images.pixels(32, 32, seed=8)
     rows = [np.array([0.0, 0.0, 1.0], np.float32), np.array([0.5, 0.5, 0.0], np.float32)]
     outs = model.run([image, image], rows)

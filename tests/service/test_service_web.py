@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -15,7 +16,9 @@ import uvicorn
 from PIL import Image
 
 from service.app import create_app
+from service.settings import Settings
 from tests.helpers import images
+from tests.helpers.models import make_multistyle_store
 from tests.helpers.server import running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,9 +82,16 @@ async def test_no_paintings_folder_means_no_thumbnails(make_settings) -> None:  
 
 @pytest.fixture
 def served(make_settings, paintings: Path) -> Iterator[str]:  # noqa: ANN001
+    """The app with the tiny store and a painting for candy; yields the base URL."""
+    with serve(make_settings(style_images_dir=paintings)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve(settings: Settings) -> Iterator[str]:
     """The app under uvicorn on 127.0.0.1:<free port> in a thread (Playwright's sync API
     cannot run inside the test's event loop), models loaded; yields the base URL."""
-    app = create_app(make_settings(style_images_dir=paintings))
+    app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -109,9 +119,12 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 20) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(),
-                    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install "
-                           "chromium)")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+
+
+@needs_chromium
 def test_page_in_a_browser_upload_result_and_errors(served: str, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     photo = tmp_path / "photo.png"
@@ -170,3 +183,31 @@ def test_page_in_a_browser_upload_result_and_errors(served: str, tmp_path: Path)
         finally:
             browser.close()
 
+
+
+@needs_chromium
+def test_page_offers_the_styles_a_multistyle_network_holds(make_settings, tmp_path: Path) -> None:  # noqa: ANN001
+    """The multi-style network is not a style itself: its styles are, beside single ones."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    make_multistyle_store(tmp_path / "store", ("candy", "mosaic", "udnie"), singles=("wave",))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(images.png(40, 32, seed=5))
+    with serve(make_settings(model_store=tmp_path / "store")) as url, \
+            sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(url)
+            page.wait_for_selector("#styles input[value=wave]", state="attached")
+            values = page.eval_on_selector_all("#styles input", "xs => xs.map(x => x.value)")
+            assert values == ["candy", "mosaic", "udnie", "wave"]
+            page.set_input_files("#file", str(photo))
+            page.get_by_label("mosaic").check()          # held only by the multi-style network
+            page.get_by_role("button", name="Transform").click()
+            page.wait_for_function("document.getElementById('result').naturalWidth > 0")
+            assert page.evaluate(NATURAL_SIZE) == [40, 32]
+            assert not page.locator("#error").is_visible()
+        finally:
+            browser.close()
