@@ -561,9 +561,17 @@ def speed_legend(doc: dict[str, Any]) -> str:
     return (f"Measured in one run on {machine_line(doc['machine'])}. Gatys: L-BFGS iterations "
             f"timed per size ({measured}); totals marked est. are extrapolated as first "
             f"iteration + (n − 1) × median time of the later ones. Network: `{doc['model']}`, "
-            f"batch 1, median of {doc['runs']} runs; the service path is the service's CPU "
-            f"path (uint8 in and out, channels-last, inference mode, fp32). GPU figures: "
+            f"batch 1, median of {doc['runs']} runs; the service path is what the service runs "
+            f"(uint8 in and out) on the execution path its measured policy chose for that size"
+            f"{service_paths(doc)}. GPU figures: "
             f"`{doc['gpu']['source']}` ({m['gpu']}, torch {m['torch']}), batch 1.")
+
+
+def service_paths(doc: dict[str, Any]) -> str:
+    paths = {s: r["network"].get("service_path") for s, r in doc["sizes"].items()}
+    if not all(paths.values()):
+        return ""
+    return " (" + ", ".join(f"{s}: `{p}`" for s, p in paths.items()) + ")"
 
 
 def plot_speed(doc: dict[str, Any], path: Path) -> None:
@@ -594,7 +602,7 @@ def plot_speed(doc: dict[str, Any], path: Path) -> None:
 
 
 def run_speed(args: argparse.Namespace) -> int:
-    from service.registry import LoadedModel
+    from service.registry import Registry
     from train.gatys import load_image
     from train.vgg import LossNetwork
     from train.vgg_weights import resolve
@@ -606,15 +614,18 @@ def run_speed(args: argparse.Namespace) -> int:
         raise ValueError(f"no style models in {args.store}")
     name = args.model or styles[0]
     net, manifest = store.load(name)
-    service_model = LoadedModel(name, manifest, net.to(memory_format=torch.channels_last),
-                                torch.device("cpu"), torch.float32)
+    sides = [int(s) for s in args.sizes.split(",")]
+    registry = Registry(args.store, [name], "cpu", "float32", policy="measure",
+                        policy_sizes=sides)
+    (service_model,) = registry.load_all()
+    torch.set_num_threads(args.threads)   # the policy may have chosen lanes of fewer threads
     kind, state = resolve()
     vgg = LossNetwork(kind, state)
     data = Path(args.data)
     totals = [int(n) for n in args.iterations.split(",")]
     measure = {int(k): int(v) for k, v in (p.split(":") for p in args.measure.split(","))}
     sizes: dict[str, Any] = {}
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sides:
         def square(path: Path, size: int = size) -> torch.Tensor:
             return F.interpolate(load_image(path, size), size=(size, size), mode="bicubic",
                                  antialias=True, align_corners=False).clamp(0, 1)
@@ -628,7 +639,8 @@ def run_speed(args: argparse.Namespace) -> int:
                              measure.get(size, 3), totals)
         sizes[str(size)] = {"gatys": gatys, "network": {
             "eager_fp32_s": eager, "service_s": service, "eager_runs_s": eager_runs,
-            "service_runs_s": service_runs}}
+            "service_runs_s": service_runs,
+            "service_path": service_model.policy.choose(size, size).path}}
         print(f"{size}: network {eager:.3f} s eager, {service:.3f} s service; Gatys "
               f"{gatys['per_iteration_s']:.2f} s/iteration over {gatys['measured_iterations']}")
     doc = {"machine": machine(), "model": name, "runs": args.runs, "iterations": totals,
