@@ -60,33 +60,32 @@ class CannotBlend(ServiceError):
     status, code, reason = 400, "cannot_blend", "bad_request"
 
 
-class PayloadTooLarge(ServiceError):
+class ClosesConnection(ServiceError):
+    """An error after which the connection is not reused: what is left of the request is not
+    read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class PayloadTooLarge(ClosesConnection):
     """The body is over max_body_bytes; the connection is closed rather than read to the end."""
 
     status, code, reason = 413, "payload_too_large", "too_large"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Connection": "close"})
 
-
-class RequestTimeout(ServiceError):
-    """The client sent the body (or the head) too slowly; the connection is not reused."""
+class RequestTimeout(ClosesConnection):
+    """The client sent the body (or the head) too slowly."""
 
     status, code, reason = 408, "request_timeout", "timeout"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Connection": "close"})
 
 
 class UrlTooLong(ServiceError):
     status, code, reason = 414, "url_too_long", "too_large"
 
 
-class HeadersTooLarge(ServiceError):
+class HeadersTooLarge(ClosesConnection):
     status, code, reason = 431, "headers_too_large", "too_large"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Connection": "close"})
 
 
 class ImageTooLarge(ServiceError):

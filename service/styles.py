@@ -41,8 +41,8 @@ def parse(text: str, max_styles: int) -> dict[str, float]:
     raw: dict[str, float] = {}
     parts = text.split(",")
     if len(parts) > max_styles:
-        raise errors.InvalidParameter(f"style names {len(parts)} styles; at most {max_styles} "
-                                      f"can be blended")
+        raise errors.InvalidParameter(f"the style parameter names {len(parts)} styles; at most "
+                                      f"{max_styles} can be blended")
     for part in parts:
         name, colon, weight = (s.strip() for s in part.partition(":"))
         if not name:
