@@ -8,6 +8,7 @@ import torch
 
 from model_store import ModelStore
 from model_store.__main__ import main
+from train.multistyle_net import MultiStyleNet
 from train.style_net import StyleNet
 from train.superres_net import SuperResNet
 
@@ -63,3 +64,29 @@ def test_export_cli_verifies_by_default(store, tmp_path, capsys):
                  "--out", str(out)]) == 0
     assert "matches torch" in capsys.readouterr().out
     assert out.stat().st_size > 1_000_000  # 1.68M fp32 parameters stored inline
+
+
+def test_multistyle_network_exports_with_a_mix_input(tmp_path, capsys):
+    torch.manual_seed(3)
+    options = {"styles": ["a", "b", "c"], "upsample": "resize_conv", "padding": "reflect"}
+    net = MultiStyleNet(**options)
+    with torch.no_grad():   # each style its own scale and shift
+        for name, p in net.named_parameters():
+            if name.endswith(("scale", "shift")):
+                p.normal_(1.0 if name.endswith("scale") else 0.0, 0.5)
+    ModelStore(tmp_path / "store").save(net, name="multistyle", task="style",
+                                        architecture="multistyle", options=options)
+    out = tmp_path / "multi.onnx"
+    assert main(["export-onnx", "multistyle", "--store", str(tmp_path / "store"),
+                 "--out", str(out)]) == 0
+    assert "matches torch" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image", "mix"]
+    net, _ = ModelStore(tmp_path / "store").load("multistyle")
+    x = torch.rand(1, 3, 37, 50).expand(2, -1, -1, -1).contiguous()   # one image, two rows
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    got = session.run(None, {"image": x.numpy(), "mix": mix.numpy()})[0]
+    with torch.inference_mode():
+        expected = net(x, mix).numpy()
+    assert np.abs(255 * got - 255 * expected).max() <= 1e-3
+    assert np.abs(255 * got[0] - 255 * got[1]).mean() > 1    # the rows are different styles
