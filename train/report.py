@@ -102,7 +102,7 @@ def machine_line(m: dict[str, Any]) -> str:
         text += f", {m['gpu']}"
     if "load_average" in m:
         text += f" (1-min load average {m['load_average']} at the end of the run"
-        if m["load_average"] > m["cores"]:
+        if m["load_average"] > m["threads"] + 0.5:   # more than this run's own threads
             text += ": other jobs shared the CPU, so the times are inflated"
         text += ")"
     return text
