@@ -1,4 +1,5 @@
-"""python -m train {style,superres,gatys,eval,info}: each subcommand lives in its own module."""
+"""python -m train {style,superres,multistyle,gatys,eval,info,report}: each subcommand lives in its
+own module."""
 
 from __future__ import annotations
 
