@@ -1,4 +1,6 @@
-"""Resumable training state: weights and Adam moments in safetensors, the rest in JSON."""
+"""Resumable training state: weights and Adam moments in safetensors, the rest in JSON, with
+the runs that made it (command, steps, seconds), so that a model trained in several
+`--resume` sessions records all of them."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ FORMAT_VERSION = 1
 
 
 def save(path: Path, net: nn.Module, opt: torch.optim.Optimizer, step: int,
-         config: dict[str, Any]) -> None:
+         config: dict[str, Any], runs: list[dict[str, Any]] | None = None) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     opt_state = opt.state_dict()
@@ -27,7 +29,7 @@ def save(path: Path, net: nn.Module, opt: torch.optim.Optimizer, step: int,
                 scalars.setdefault(str(idx), {})[key] = float(value)
     save_file(tensors, str(path / "state.safetensors.tmp"))
     meta = {"format_version": FORMAT_VERSION, "step": step, "config": config,
-            "param_groups": opt_state["param_groups"], "scalars": scalars}
+            "param_groups": opt_state["param_groups"], "scalars": scalars, "runs": runs or []}
     (path / "state.json.tmp").write_text(json.dumps(meta, indent=1))
     # Rename last, so that a crash mid-write leaves the previous checkpoint intact.
     (path / "state.safetensors.tmp").replace(path / "state.safetensors")
@@ -51,3 +53,8 @@ def load(path: Path, net: nn.Module, opt: torch.optim.Optimizer) -> int:
             state.setdefault(int(idx), {})[name] = torch.tensor(value)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return int(meta["step"])
+
+
+def runs(path: Path) -> list[dict[str, Any]]:
+    """The runs recorded in the checkpoint at `path` (empty for one written before they were)."""
+    return list(json.loads((path / "state.json").read_text()).get("runs", []))

@@ -32,6 +32,7 @@ class Result:
     losses: dict[str, float]   # mean of each weighted term over the last steps
     seconds: float
     history: list[float]       # total loss of every step of this run
+    runs: list[dict]           # every run that trained these weights, this one last
 
 
 def pick_device(name: str) -> torch.device:
@@ -76,6 +77,8 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ckpt_dir = Path(cfg.checkpoint_dir) / name
     step = checkpoint.load(ckpt_dir, net, opt) if cfg.resume else 0
+    earlier = checkpoint.runs(ckpt_dir) if cfg.resume else []
+    first_step = step
     model = DistributedDataParallel(net) if world.size > 1 else net
     gen = torch.Generator()
     amp = autocast_dtype(cfg.amp, device)
@@ -83,6 +86,11 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     window: dict[str, list[float]] = {}
     history: list[float] = []
     start = time.monotonic()
+
+    def runs() -> list[dict]:
+        return [*earlier, {"command": command_line(), "steps": [first_step, step],
+                           "seconds": round(time.monotonic() - start, 1)}]
+
     bar = tqdm(total=cfg.iterations, initial=step, disable=not world.main, dynamic_ncols=True,
                desc=name, mininterval=2.0)
     model.train()
@@ -110,14 +118,18 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         if step % 25 == 0:
             bar.set_postfix({k: f"{sum(v) / len(v):.4g}" for k, v in window.items()})
         if world.main and step % cfg.checkpoint_every == 0:
-            checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg))
+            checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg), runs())
         if cfg.time_limit_s and time.monotonic() - start > cfg.time_limit_s:
             break
     bar.close()
     if world.main and step % cfg.checkpoint_every:
-        checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg))
+        checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg), runs())
     losses = {k: sum(v) / len(v) for k, v in window.items()}
-    return Result(step, losses, time.monotonic() - start, history)
+    return Result(step, losses, time.monotonic() - start, history, runs())
+
+
+def command_line() -> str:
+    return "python -m train " + " ".join(sys.argv[1:])
 
 
 def init_weights(cfg: TrainConfig, net: nn.Module) -> dict | None:
@@ -136,13 +148,14 @@ def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str,
                  init_from: dict | None = None) -> Manifest:
     """Write the trained network and everything needed to train it again into the store."""
     training = {
-        "command": "python -m train " + " ".join(sys.argv[1:]),
+        "command": command_line(),
         "init_from": init_from,
         "config": dataclasses.asdict(cfg),
         "data_images": data_images,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
-        "seconds": round(result.seconds, 1),
+        "seconds": round(sum(r["seconds"] for r in result.runs), 1),
+        "runs": result.runs,   # more than one when resumed
         "torch": torch.__version__,
     }
     dtype = {"float16": torch.float16, "float32": torch.float32}[cfg.save_dtype]

@@ -98,7 +98,12 @@ def test_resume_continues_the_step_count(tmp_path, photos):
     assert state["step"] == 10
     _, result = superres_training.run(sr_config(tmp_path, photos, iterations=15, resume=True))
     assert result.steps == 15 and len(result.history) == 5
-    assert ModelStore(tmp_path / "store").manifest("sr_x4_pixel").iterations == 15
+    manifest = ModelStore(tmp_path / "store").manifest("sr_x4_pixel")
+    assert manifest.iterations == 15
+    runs = manifest.training["runs"]   # both sessions, each with its steps and time
+    assert [r["steps"] for r in runs] == [[0, 10], [10, 15]]
+    assert all(r["command"].startswith("python -m train") for r in runs)
+    assert manifest.training["seconds"] == round(sum(r["seconds"] for r in runs), 1)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, photos):
