@@ -28,6 +28,13 @@ def describe() -> dict[str, object]:
     return info
 
 
+def caption(result: dict) -> str:
+    """The machine and its load around the run, as a plot's title says it."""
+    m = result["machine"]
+    return (f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, torch {m['torch']}; load "
+            f"{result['load_average_start']} -> {result.get('load_average_end')}")
+
+
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages (other work on a shared machine skews timings)."""
     try:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.machine import describe, load_average, wait_until_quiet
+from bench.machine import caption, describe, load_average, wait_until_quiet
 from service.execution import export_onnx_bytes, native_bf16
 from service.rewrite import rewrite
 from train.architectures import build
@@ -356,10 +356,7 @@ def plot(result: dict, out: Path) -> None:
         ax.set_ylabel("ms per image")
         ax.set_title(f"{network}: per-image cost against batch")
         ax.legend(fontsize=7)
-    m = result["machine"]
-    fig.suptitle(f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, torch {m['torch']}; "
-                 f"load {result['load_average_start']} -> {result.get('load_average_end')}",
-                 fontsize=9)
+    fig.suptitle(caption(result), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

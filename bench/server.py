@@ -27,6 +27,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def load_settings(device: str, max_batch_size: int, max_side: int, levels: list[int]
+                  ) -> dict[str, str]:
+    """SERVICE_* settings for a closed-loop sweep: no cache, batches of `max_batch_size` images
+    of up to `max_side` allowed, a queue and in-flight limit no level reaches, no timeouts."""
+    return {"SERVICE_CACHE_BYTES": "0", "SERVICE_DEVICE": device,
+            "SERVICE_MAX_BATCH_SIZE": str(max_batch_size),
+            "SERVICE_MAX_BATCH_PIXELS": str(max(max_batch_size * max_side ** 2, 4 * 512 * 512)),
+            "SERVICE_QUEUE_LIMIT": str(4 * max(levels)),
+            "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300"}
+
+
 @contextlib.contextmanager
 def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
           ) -> Iterator[str]:

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.machine import describe, load_average, wait_until_quiet
-from bench.server import PHOTOS, drive, photo_pngs, serve
+from bench.machine import caption, describe, load_average, wait_until_quiet
+from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 
 CONFIGS = {
     "measured": {},
@@ -126,13 +126,8 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
     load on a shared machine drifts: the targets compare numbers taken minutes apart at most),
     then each run's levels."""
     sides = [args.size, *(int(s) for s in args.mixed.split(",") if s)]
-    budget = args.max_batch_size * max(sides) ** 2
-    env = {"SERVICE_MODELS": args.model, "SERVICE_CACHE_BYTES": "0",
-           "SERVICE_MAX_BATCH_SIZE": str(args.max_batch_size),
-           "SERVICE_MAX_BATCH_PIXELS": str(max(budget, 4 * 512 * 512)),
-           "SERVICE_DEVICE": args.device, "SERVICE_QUEUE_LIMIT": str(4 * max(levels)),
-           "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300",
-           **settings}
+    env = {"SERVICE_MODELS": args.model,
+           **load_settings(args.device, args.max_batch_size, max(sides), levels), **settings}
     started = time.monotonic()
     with serve(env, log) as url:
         import httpx
@@ -202,10 +197,7 @@ def plot(result: dict, out: Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=7)
     b.set_yscale("log")
-    m = result["machine"]
-    fig.suptitle(f"python -m bench service: {result['model']} on {m['cpu']} ({m['cores']} "
-                 f"cores), GPU {m['gpu']}, torch {m['torch']}; load "
-                 f"{result['load_average_start']} -> {result.get('load_average_end')}",
+    fig.suptitle(f"python -m bench service: {result['model']} on {caption(result)}",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -35,8 +35,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.machine import describe, load_average, wait_until_quiet
-from bench.server import PHOTOS, drive, photo_pngs, serve
+from bench.machine import caption, describe, load_average, wait_until_quiet
+from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 
 STYLES = "udnie,candy,mosaic,rain_princess,starry_night,the_wave"
 QUICK = {"size": 32, "concurrency": "1,2", "duration_s": 0.3, "warmup_s": 0.2, "min_done": 2,
@@ -60,14 +60,8 @@ def missing_models(store: Path, names: list[str]) -> list[str]:
 def sweep(name: str, settings: dict[str, str], bodies: list[Path], levels: list[int],
           args: argparse.Namespace, log: Path) -> dict:
     """Start the service with `settings`, check it serves every style, drive each level."""
-    env = {"SERVICE_MODEL_STORE": str(args.store), "SERVICE_CACHE_BYTES": "0",
-           "SERVICE_DEVICE": args.device, "SERVICE_BATCH_POLICY": args.batch_policy,
-           "SERVICE_MAX_BATCH_SIZE": str(args.max_batch_size),
-           "SERVICE_MAX_BATCH_PIXELS": str(max(args.max_batch_size * args.size ** 2,
-                                               4 * 512 * 512)),
-           "SERVICE_QUEUE_LIMIT": str(4 * max(levels)),
-           "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300",
-           **settings}
+    env = {"SERVICE_MODEL_STORE": str(args.store), "SERVICE_BATCH_POLICY": args.batch_policy,
+           **load_settings(args.device, args.max_batch_size, args.size, levels), **settings}
     started = time.monotonic()
     with serve(env, log) as url:
         models = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
@@ -122,11 +116,8 @@ def plot(result: dict, out: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_title(title)
         ax.legend(fontsize=8)
-    m = result["machine"]
     fig.suptitle(f"python -m bench styles: {len(result['styles'])} styles cycling, "
-                 f"{result['size']}px, on {m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, "
-                 f"torch {m['torch']}; load {result['load_average_start']} -> "
-                 f"{result.get('load_average_end')}", fontsize=9)
+                 f"{result['size']}px, on {caption(result)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,6 +120,22 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 20) 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@contextlib.contextmanager
+def browser_page(url: str) -> Iterator[Any]:
+    """A page of Debian's headless chromium (through Playwright) opened at `url`."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
@@ -126,88 +143,68 @@ needs_chromium = pytest.mark.skipif(
 
 @needs_chromium
 def test_page_in_a_browser_upload_result_and_errors(served: str, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     photo = tmp_path / "photo.png"
     photo.write_bytes(images.png(64, 48, seed=21))
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("these are notes, not pixels\n")
 
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(served)
+    with browser_page(served) as page:
+        # The styles come from /v1/models; candy has a painting, udnie only its name.
+        page.wait_for_selector("#styles input[value=candy]", state="attached")
+        page.wait_for_function("document.querySelector('#styles img')?.naturalWidth > 0")
+        assert page.locator("#styles img").count() == 1
+        assert "udnie" in page.locator("#styles").inner_text()
 
-            # The styles come from /v1/models; candy has a painting, udnie only its name.
-            page.wait_for_selector("#styles input[value=candy]", state="attached")
-            page.wait_for_function("document.querySelector('#styles img')?.naturalWidth > 0")
-            assert page.locator("#styles img").count() == 1
-            assert "udnie" in page.locator("#styles").inner_text()
+        # Style: upload, pick udnie by keyboard-accessible label, transform.
+        page.set_input_files("#file", str(photo))
+        page.get_by_label("udnie").check()
+        page.get_by_label("Keep the image's colours").check()
+        page.get_by_role("button", name="Transform").click()
+        page.wait_for_selector("#result-box", state="visible")
+        page.wait_for_function("document.getElementById('result').naturalWidth > 0")
+        size = page.evaluate(NATURAL_SIZE)
+        assert size == [64, 48]
+        assert page.get_attribute("#download", "download") == "photo-udnie.png"
+        assert page.get_attribute("#download", "href").startswith("blob:")
+        assert not page.locator("#error").is_visible()
 
-            # Style: upload, pick udnie by keyboard-accessible label, transform.
-            page.set_input_files("#file", str(photo))
-            page.get_by_label("udnie").check()
-            page.get_by_label("Keep the image's colours").check()
-            page.get_by_role("button", name="Transform").click()
-            page.wait_for_selector("#result-box", state="visible")
-            page.wait_for_function("document.getElementById('result').naturalWidth > 0")
-            size = page.evaluate(NATURAL_SIZE)
-            assert size == [64, 48]
-            assert page.get_attribute("#download", "download") == "photo-udnie.png"
-            assert page.get_attribute("#download", "href").startswith("blob:")
-            assert not page.locator("#error").is_visible()
+        # The before/after slider moves the split.
+        page.locator("#split").fill("20")
+        assert "20%" in page.evaluate(
+            "getComputedStyle(document.getElementById('compare'))"
+            ".getPropertyValue('--split')")
 
-            # The before/after slider moves the split.
-            page.locator("#split").fill("20")
-            assert "20%" in page.evaluate(
-                "getComputedStyle(document.getElementById('compare'))"
-                ".getPropertyValue('--split')")
+        # Super-resolution x4: the result is four times the size.
+        page.get_by_label("Super-resolution").check()
+        page.get_by_label("×4").check()
+        page.evaluate("document.getElementById('result').removeAttribute('src')")
+        page.get_by_role("button", name="Transform").click()
+        page.wait_for_function("document.getElementById('result').naturalWidth === 256")
+        assert page.evaluate(NATURAL_SIZE) == [256, 192]
 
-            # Super-resolution x4: the result is four times the size.
-            page.get_by_label("Super-resolution").check()
-            page.get_by_label("×4").check()
-            page.evaluate("document.getElementById('result').removeAttribute('src')")
-            page.get_by_role("button", name="Transform").click()
-            page.wait_for_function("document.getElementById('result').naturalWidth === 256")
-            assert page.evaluate(NATURAL_SIZE) == [256, 192]
-
-            # A text file named .png: the service's error message is shown.
-            page.set_input_files("#file", str(not_an_image))
-            page.get_by_role("button", name="Transform").click()
-            error = page.locator("#error")
-            error.wait_for(state="visible")
-            assert "not an image" in error.inner_text()
-            assert "400" in error.inner_text()
-        finally:
-            browser.close()
-
+        # A text file named .png: the service's error message is shown.
+        page.set_input_files("#file", str(not_an_image))
+        page.get_by_role("button", name="Transform").click()
+        error = page.locator("#error")
+        error.wait_for(state="visible")
+        assert "not an image" in error.inner_text()
+        assert "400" in error.inner_text()
 
 
 @needs_chromium
 def test_page_offers_the_styles_a_multistyle_network_holds(make_settings, tmp_path: Path) -> None:  # noqa: ANN001
     """The multi-style network is not a style itself: its styles are, beside single ones."""
-    sync_api = pytest.importorskip("playwright.sync_api")
     make_multistyle_store(tmp_path / "store", ("candy", "mosaic", "udnie"), singles=("wave",))
     photo = tmp_path / "photo.png"
     photo.write_bytes(images.png(40, 32, seed=5))
     with serve(make_settings(model_store=tmp_path / "store")) as url, \
-            sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(15_000)
-            page.goto(url)
-            page.wait_for_selector("#styles input[value=wave]", state="attached")
-            values = page.eval_on_selector_all("#styles input", "xs => xs.map(x => x.value)")
-            assert values == ["candy", "mosaic", "udnie", "wave"]
-            page.set_input_files("#file", str(photo))
-            page.get_by_label("mosaic").check()          # held only by the multi-style network
-            page.get_by_role("button", name="Transform").click()
-            page.wait_for_function("document.getElementById('result').naturalWidth > 0")
-            assert page.evaluate(NATURAL_SIZE) == [40, 32]
-            assert not page.locator("#error").is_visible()
-        finally:
-            browser.close()
+            browser_page(url) as page:
+        page.wait_for_selector("#styles input[value=wave]", state="attached")
+        values = page.eval_on_selector_all("#styles input", "xs => xs.map(x => x.value)")
+        assert values == ["candy", "mosaic", "udnie", "wave"]
+        page.set_input_files("#file", str(photo))
+        page.get_by_label("mosaic").check()          # held only by the multi-style network
+        page.get_by_role("button", name="Transform").click()
+        page.wait_for_function("document.getElementById('result').naturalWidth > 0")
+        assert page.evaluate(NATURAL_SIZE) == [40, 32]
+        assert not page.locator("#error").is_visible()
