@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,6 +18,7 @@ if str(ROOT) not in sys.path:  # make `tests.helpers` importable however pytest 
 from service.settings import Settings  # noqa: E402
 from tests.helpers.models import make_store  # noqa: E402
 from tests.helpers.redis_server import answers, redis_server  # noqa: E402
+from tests.helpers.server import Running, running  # noqa: E402
 
 torch.set_num_threads(1)
 # No warm-up timing of the batch policy (service/policy.py) unless a test asks for it: fast,
@@ -29,6 +31,16 @@ def store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
     make_store(root)
     return root
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(store_root: Path) -> AsyncIterator[Running]:
+    """The app on the tiny store, served on a real socket, shared by a module's tests (modules
+    that need other settings define their own `api`)."""
+    settings = Settings(model_store=store_root, device="cpu", dtype="float32", redis_url=None,
+                        max_wait_ms=1, max_pixels=1_000_000)
+    async with running(settings) as r:
+        yield r
 
 
 @pytest.fixture

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
 
 from model_store import ModelStore
 from service.app import create_app
@@ -20,14 +18,6 @@ from tests.helpers.server import Running, running, serve
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 PNG = {"content-type": "image/png"}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def api(store_root: Path) -> AsyncIterator[Running]:
-    settings = Settings(model_store=store_root, device="cpu", dtype="float32", redis_url=None,
-                        max_wait_ms=1, max_pixels=1_000_000)
-    async with running(settings) as r:
-        yield r
 
 
 async def test_health_ready_and_models(api: Running) -> None:

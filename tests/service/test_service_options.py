@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-import pytest_asyncio
 
 from service.imaging import mix_style
-from service.settings import Settings
 from tests.helpers import images
-from tests.helpers.server import Running, running
+from tests.helpers.server import Running
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")   # the app fixture's loop
 PNG = {"content-type": "image/png"}
@@ -26,14 +22,6 @@ YIQ = np.array([[0.299, 0.587, 0.114],
 
 def yiq(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ YIQ.T
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def api(store_root: Path) -> AsyncIterator[Running]:
-    settings = Settings(model_store=store_root, device="cpu", dtype="float32", redis_url=None,
-                        max_wait_ms=1, max_pixels=1_000_000)
-    async with running(settings) as r:
-        yield r
 
 
 async def stylize(api: Running, data: bytes, query: str = "") -> tuple[np.ndarray, str]:
