@@ -32,7 +32,6 @@ class StyleChoice:
 
     model: LoadedModel
     mix: tuple[float, ...] | None     # over model.styles; None for a single-style network
-    weights: dict[str, float]         # the request, normalised (names with weight > 0)
 
 
 def parse(text: str, max_styles: int) -> dict[str, float]:
@@ -101,7 +100,7 @@ def choose(registry: Registry, weights: dict[str, float], backend: Backend) -> S
             f"blending {', '.join(sorted(used))} needs one multi-style network holding all "
             f"of them, and none does; {_blendable(registry.multistyle())}")
     mix = tuple(used.get(s, 0.0) for s in model.styles) if model.styles else None
-    return StyleChoice(model, mix, used)
+    return StyleChoice(model, mix)
 
 
 def _blendable(models: Sequence[LoadedModel]) -> str:

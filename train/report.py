@@ -613,11 +613,11 @@ def run_speed(args: argparse.Namespace) -> int:
     if not styles:
         raise ValueError(f"no style models in {args.store}")
     name = args.model or styles[0]
-    net, manifest = store.load(name)
     sides = [int(s) for s in args.sizes.split(",")]
     registry = Registry(args.store, [name], "cpu", "float32", policy="measure",
                         policy_sizes=sides)
     (service_model,) = registry.load_all()
+    net, manifest = service_model.module, service_model.manifest   # eager: the module itself
     torch.set_num_threads(args.threads)   # the policy may have chosen lanes of fewer threads
     kind, state = resolve()
     vgg = LossNetwork(kind, state)
