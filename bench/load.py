@@ -6,6 +6,9 @@ answer, and posts the next one. A level counts the answers completed inside its 
 a warm-up, until `duration_s` has passed and `min_done` have completed, at most `max_s`), and
 reads the server's batch-size histogram at both ends of the window. With `paths` (a list) the
 k-th request goes to paths[k % len(paths)] with bodies[k % len(bodies)], e.g. cycling styles.
+With `rounds` > 1 the levels are visited again, in reverse order every other round (1 2 4 4 2
+1 ...), and each level's windows are pooled: a drift of the machine's speed during the sweep
+then weighs on every level alike instead of on the last ones.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ def counter(text: str, name: str) -> float:
                if s.name == name)
 
 
-def batch_sizes(before: str, after: str) -> dict[str, object]:
+def batch_sizes(before: str, after: str) -> dict:
     """Forward passes per batch size between two scrapes of /metrics, over all models:
-    bucket label -> count ("1", "2", "3", "4", "5-6", "7-8", ...), mean batch, mean forward."""
+    bucket label -> count ("1", "2", "3", "4", "5-6", "7-8", ...), images, forward seconds."""
     h0, h1 = histogram(before, "service_batch_size"), histogram(after, "service_batch_size")
     f0, f1 = (histogram(before, "service_forward_seconds"),
               histogram(after, "service_forward_seconds"))
@@ -73,15 +76,38 @@ def batch_sizes(before: str, after: str) -> dict[str, object]:
         batches += cur.get("count", 0.0) - old.get("count", 0.0)
         images += cur.get("sum", 0.0) - old.get("sum", 0.0)
         forward_s += f1.get(model, {}).get("sum", 0.0) - f0.get(model, {}).get("sum", 0.0)
-    return {"batches": dict(dist), "forward_passes": batches,
-            "mean_batch": images / batches if batches else None,
-            "mean_forward_ms": 1000 * forward_s / batches if batches else None,
+    return {"batches": dist, "forward_passes": batches, "images": images,
+            "forward_s": forward_s,
             "singleflight_shared": counter(after, "service_singleflight_shared_total")
             - counter(before, "service_singleflight_shared_total")}
 
 
-async def run_level(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
-                    concurrency: int) -> dict:
+def summarize(concurrency: int, windows: list[dict]) -> dict:
+    """One level's row from its windows (one per round): throughput over their total time,
+    latency percentiles over all their answers, the batch sizes of all of them."""
+    ok = [lat for w in windows for lat, st in w["inside"] if st == 200]
+    statuses = Counter(str(st) for w in windows for _, st in w["inside"])
+    seconds = sum(w["window_s"] for w in windows)
+    completed = sum(len(w["inside"]) for w in windows)
+    dist: Counter[str] = Counter()
+    for w in windows:
+        dist.update(w["batches"]["batches"])
+    passes, images, forward_s, shared = (sum(w["batches"][k] for w in windows) for k in (
+        "forward_passes", "images", "forward_s", "singleflight_shared"))
+    return {"concurrency": concurrency, "window_s": seconds, "rounds": len(windows),
+            "completed": completed, "throughput_per_s": len(ok) / seconds,
+            "round_throughputs": [sum(1 for _, st in w["inside"] if st == 200) / w["window_s"]
+                                  for w in windows],
+            **percentiles(ok), "errors": completed - len(ok), "statuses": dict(statuses),
+            "errors_total": sum(w["errors_total"] for w in windows),
+            "batches": dict(dist), "forward_passes": passes,
+            "mean_batch": images / passes if passes else None,
+            "mean_forward_ms": 1000 * forward_s / passes if passes else None,
+            "singleflight_shared": shared}
+
+
+async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
+                     concurrency: int) -> dict:
     warmup_s, duration_s = spec["warmup_s"], spec["duration_s"]
     max_s, min_done = spec["max_s"], max(spec["min_done"], 2 * concurrency)
     headers = {"content-type": spec.get("content_type", "image/png")}
@@ -121,29 +147,29 @@ async def run_level(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
                 return
 
     await asyncio.gather(referee(), *(worker(i) for i in range(concurrency)))
-    inside = [(lat, st) for end, lat, st in done if window["from"] <= end <= window["to"]]
-    ok = [lat for lat, st in inside if st == 200]
-    statuses = Counter(str(st) for _, st in inside)
-    seconds = window["to"] - window["from"]
-    return {"concurrency": concurrency, "window_s": seconds, "completed": len(inside),
-            "throughput_per_s": len(ok) / seconds, **percentiles(ok),
-            "errors": len(inside) - len(ok), "statuses": dict(statuses),
+    return {"inside": [(lat, st) for end, lat, st in done
+                       if window["from"] <= end <= window["to"]],
+            "window_s": window["to"] - window["from"],
             "errors_total": sum(1 for _, _, st in done if st != 200),
-            **batch_sizes(scrapes["before"], scrapes["after"])}
+            "batches": batch_sizes(scrapes["before"], scrapes["after"])}
 
 
 async def run(spec: dict) -> list[dict]:
     bodies = [Path(p).read_bytes() for p in spec["bodies"]]
-    limits = httpx.Limits(max_connections=max(spec["levels"]) + 4,
-                          max_keepalive_connections=max(spec["levels"]) + 4)
+    levels = spec["levels"]
+    limits = httpx.Limits(max_connections=max(levels) + 4,
+                          max_keepalive_connections=max(levels) + 4)
+    windows: dict[int, list[dict]] = {c: [] for c in levels}
     async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout_s", 300),
                                  limits=limits) as client:
-        results = []
-        for concurrency in spec["levels"]:
-            results.append(await run_level(client, spec, bodies, concurrency))
-            print(json.dumps({k: v for k, v in results[-1].items() if k != "statuses"},
-                             default=str), file=sys.stderr, flush=True)
-        return results
+        for r in range(spec.get("rounds", 1)):
+            for concurrency in (levels if r % 2 == 0 else levels[::-1]):
+                w = await run_window(client, spec, bodies, concurrency)
+                windows[concurrency].append(w)
+                row = summarize(concurrency, [w])
+                print(json.dumps({k: v for k, v in row.items() if k != "statuses"}),
+                      file=sys.stderr, flush=True)
+    return [summarize(c, windows[c]) for c in levels]
 
 
 def main() -> int:

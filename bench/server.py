@@ -75,17 +75,19 @@ def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
 
 
 def drive(url: str, path: str | list[str], bodies: list[Path], levels: list[int], *,
-          duration_s: float, warmup_s: float, min_done: int, max_s: float,
+          duration_s: float, warmup_s: float, min_done: int, max_s: float, rounds: int = 1,
           content_type: str = "image/png") -> list[dict]:
     """Run `bench.load` in its own process against `url`; its per-level results. Several
-    `path`s: the requests cycle through them (see bench.load)."""
+    `path`s: the requests cycle through them; `rounds`: each level's windows pooled over
+    rounds that alternate the order of the levels (see bench.load)."""
     paths = [path] if isinstance(path, str) else list(path)
     spec = {"url": url, "path": paths[0], "paths": paths, "bodies": [str(b) for b in bodies],
             "levels": levels, "duration_s": duration_s, "warmup_s": warmup_s,
-            "min_done": min_done, "max_s": max_s, "content_type": content_type}
+            "min_done": min_done, "max_s": max_s, "rounds": rounds,
+            "content_type": content_type}
     proc = subprocess.run([sys.executable, "-m", "bench.load"], cwd=ROOT, check=True,
                           input=json.dumps(spec), capture_output=True, text=True,
-                          timeout=len(levels) * (max_s + warmup_s + 600))
+                          timeout=rounds * len(levels) * (max_s + warmup_s + 600))
     return json.loads(proc.stdout)
 
 

@@ -12,7 +12,9 @@
    - `fixed`: the service before the batch policy (plain torch, batches of up to 8, one forward
      at a time), what a serving framework that fills batches does.
    Each level: throughput, p50/p95/p99 latency, errors, and the batch-size distribution read
-   from /metrics.
+   from /metrics. The one-size run visits its levels in `--rounds` rounds of alternating order
+   and pools each level's windows (bench.load), so that the machine's drift does not decide
+   the comparison of two levels.
 3. Targets from the issue, computed on this run's own numbers.
 """
 
@@ -140,7 +142,7 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
             result["runs"][run_name] = drive(
                 url, f"/v1/stylize?style={args.model}", files, levels,
                 duration_s=args.duration_s, warmup_s=args.warmup_s, min_done=args.min_done,
-                max_s=args.max_level_s)
+                max_s=args.max_level_s, rounds=1 if run_name == "mixed" else args.rounds)
     return result
 
 
@@ -219,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         "pixel budget follows it")
     p.add_argument("--duration-s", type=float, default=8.0, help="window per level (at least)")
     p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="rounds of the one-size run, in alternating order of the levels")
     p.add_argument("--min-done", type=int, default=24, help="answers per window (at least)")
     p.add_argument("--max-level-s", type=float, default=60.0)
     p.add_argument("--raw-min-s", type=float, default=1.0)

@@ -39,13 +39,13 @@ _lane = threading.local()
 def use_threads(n: int) -> None:
     """Run the forward passes started from this thread on `n` CPU threads.
 
-    torch's intra-op thread count is process-wide, so callers change it only while no forward
-    pass runs (the batcher's lanes guarantee it: concurrent passes hold equal shares); ONNX
-    Runtime sessions are chosen per count.
+    torch's intra-op thread count is per thread, but a thread starts with the count last set
+    by any thread but the main one (a lane of `n` threads leaves its count to every thread made
+    after it), so each thread that runs forward passes sets its own, and concurrent passes hold
+    equal shares (the batcher's lanes). ONNX Runtime sessions are chosen per count.
     """
     _lane.threads = n
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    torch.set_num_threads(n)
 
 
 def current_threads() -> int:

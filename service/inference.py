@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from service import batcher as batching
-from service import errors, imaging
+from service import errors, execution, imaging
 from service.cache import Cache, cache_key
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
@@ -79,7 +79,7 @@ class Inference:
     def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], Payload, np.ndarray],
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
                  max_pixels: int, max_output_pixels: int,
-                 tiling: TileConfig | None = None) -> None:
+                 tiling: TileConfig | None = None, threads: int = 0) -> None:
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
@@ -87,9 +87,11 @@ class Inference:
         self.max_pixels = max_pixels
         self.max_output_pixels = max_output_pixels
         self.tiling = tiling    # None: never tile
-        # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model.
-        self._image_norm_pool = ThreadPoolExecutor(max_workers=1,
-                                                   thread_name_prefix="image-norm")
+        # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model,
+        # on `threads` CPU threads (0: what the thread starts with; see execution.use_threads).
+        self._image_norm_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="image-norm",
+            initializer=partial(execution.use_threads, threads) if threads else None)
         self._image_norms: dict[tuple[str, str], ImageNorm] = {}   # used on that thread only
         self.flights: SingleFlight[tuple[bytes, dict[str, float]]] = SingleFlight()
 

@@ -146,8 +146,7 @@ class Services:
                     model=m.name, side=str(choice.side), path=choice.path,
                     source=m.policy.source).set(choice.max_batch)
         self.metrics.policy_lanes.set(self.registry.lanes)
-        if self.registry.lanes > 1:
-            self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes)
+        self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes)
         if self.registry.device.type == "cuda":
             self.metrics.watch_gpu_memory(self.registry.gpu_memory_bytes)
         if self.lifecycle.phase is Phase.STARTING:
@@ -207,6 +206,7 @@ def build_services(settings: Settings) -> Services:
                                     thread_name_prefix="codec")
     inference = Inference(batcher=batcher, cache=cache, metrics=metrics, codec_pool=codec_pool,
                           max_pixels=settings.max_pixels,
-                          max_output_pixels=settings.max_output_pixels)
+                          max_output_pixels=settings.max_output_pixels,
+                          threads=registry.threads)
     return Services(settings, metrics, Lifecycle(metrics), registry, batcher, cache, inference,
                     codec_pool)

@@ -264,8 +264,9 @@ class Registry:
         return model.policy.choose(key[1], key[2]).max_batch
 
     def use_lanes(self, lanes: int) -> None:
-        """On a batch worker, before a batch that holds `lanes` of the `self.lanes` lanes."""
-        if self.device.type == "cpu" and self.lanes > 1:
+        """On a batch worker, before a batch that holds `lanes` of the `self.lanes` lanes
+        (one lane: all the threads)."""
+        if self.device.type == "cpu":
             execution.use_threads(max(1, self.threads * lanes // self.lanes))
 
     def models(self) -> list[LoadedModel]:

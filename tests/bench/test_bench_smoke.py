@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import cache as bench_cache
+from bench import load as bench_load
 from bench import model as bench_model
 from bench import service as bench_service
 from bench.__main__ import BENCHMARKS
@@ -64,8 +65,29 @@ def test_service(tmp_path: Path) -> None:
     rows = result["sweeps"]["fixed"]["runs"]["32"]
     assert [r["concurrency"] for r in rows] == [1, 2]
     for r in rows:
+        assert r["rounds"] == len(r["round_throughputs"]) == 2      # the default --rounds
         assert {"throughput_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "batches"} <= set(r)
         assert r["errors_total"] == 0 and sum(r["batches"].values()) >= 1
     assert result["sweeps"]["fixed"]["policy"]["source"] == "fixed"
     assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["sweeps"]["fixed"]["raw"])
     assert {"errors_total", "zero_errors_met"} <= set(result["targets"])
+
+
+def test_a_level_pools_the_windows_of_its_rounds() -> None:
+    def window(seconds: float, answers: list[tuple[float, object]], batches: dict[str, float],
+               images: float, forward_s: float) -> dict:
+        return {"inside": answers, "window_s": seconds, "errors_total": 0,
+                "batches": {"batches": batches, "forward_passes": sum(batches.values()),
+                            "images": images, "forward_s": forward_s,
+                            "singleflight_shared": 0.0}}
+
+    row = bench_load.summarize(4, [
+        window(1.0, [(0.1, 200), (0.2, 200), (0.3, 200)], {"1": 1, "2": 1}, 3, 0.3),
+        window(2.0, [(0.4, 200), (0.5, 503)], {"1": 1}, 1, 0.1)])
+    assert row["throughput_per_s"] == pytest.approx(4 / 3)      # 4 answers of 200 in 3 s
+    assert row["round_throughputs"] == pytest.approx([3.0, 0.5])
+    assert (row["completed"], row["errors"], row["statuses"]) == (5, 1, {"200": 4, "503": 1})
+    assert row["p50_ms"] == pytest.approx(250)                    # of 100, 200, 300, 400 ms
+    assert row["batches"] == {"1": 2, "2": 1} and row["forward_passes"] == 3
+    assert row["mean_batch"] == pytest.approx(4 / 3)              # 4 images in 3 passes
+    assert row["mean_forward_ms"] == pytest.approx(400 / 3)

@@ -13,8 +13,15 @@ import torch
 
 from service import policy as policies
 from service.batcher import Batcher
-from service.execution import OnnxRunner, TorchRunner, candidates, onnxruntime_available
+from service.execution import (
+    OnnxRunner,
+    TorchRunner,
+    candidates,
+    onnxruntime_available,
+    use_threads,
+)
 from service.policy import ModelPolicy, SizeChoice
+from service.registry import LoadedModel
 from service.rewrite import ColumnConv, SubPixelUpConv, rewrite
 from tests.helpers import images
 from tests.helpers.server import running, until
@@ -138,7 +145,8 @@ def test_sizes_map_to_the_nearest_measured_size_and_shared_policies_respect_accu
 
 def test_lanes_are_chosen_on_the_geometric_mean_gain() -> None:
     assert policies.choose_lanes([{1: 10.0, 2: 14.0}, {1: 10.0, 2: 10.0}]) == 2   # +18 %
-    assert policies.choose_lanes([{1: 10.0, 2: 10.2}]) == 1                      # +2 %
+    assert policies.choose_lanes([{1: 10.0, 2: 9.6}]) == 2                       # -4 %
+    assert policies.choose_lanes([{1: 10.0, 2: 9.0}]) == 1                       # -10 %
     assert policies.choose_lanes([]) == 1
 
 
@@ -227,6 +235,33 @@ async def test_lanes_run_alone_on_all_threads_and_together_on_equal_shares() -> 
     await asyncio.gather(first, *rest)
     await b.close()
     assert hold.peak == 2 and len(hold.calls) == 5
+
+
+async def test_forward_passes_run_on_every_thread_whatever_a_lane_left(
+        make_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch starts a thread on the count last set by another thread (not the main one): a
+    measuring lane leaves 1. A batch worker made after it must still run on all the threads,
+    with one lane too (it once ran on one core, half the CPU idle)."""
+    seen: list[tuple[str, int]] = []
+    run = LoadedModel.run
+
+    def spy(self: LoadedModel, *args: object) -> object:
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return run(self, *args)
+
+    monkeypatch.setattr(LoadedModel, "run", spy)
+    torch.set_num_threads(2)
+    try:
+        async with running(make_settings(models=["udnie"], cache_bytes=0)) as r:
+            lane = threading.Thread(target=use_threads, args=(1,))
+            lane.start()
+            lane.join()
+            answer = await r.client.post("/v1/stylize?style=udnie", content=images.png(20, 20),
+                                         headers={"content-type": "image/png"})
+            assert answer.status_code == 200
+    finally:
+        torch.set_num_threads(1)
+    assert [n for name, n in seen if name.startswith("batch-worker")] == [2]
 
 
 async def test_service_measures_once_per_architecture_and_reports_the_policy(
