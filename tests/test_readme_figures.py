@@ -189,3 +189,60 @@ def test_gallery_pictures_exist_and_cover_every_style():
 @pytest.mark.parametrize("name", ["sr", "style", "speed"])
 def test_docs_pages_exist(name: str):
     assert (DOCS / f"{name}.md").is_file() and (DOCS / f"{name}.png").is_file()
+
+
+BENCH = REPO / "bench" / "results"
+SETUP_LABELS = {"measured policy (default)": "measured", "no batching": "no_batching",
+                "fixed batches of up to 8": "fixed"}
+
+
+def test_bench_block_matches_the_results():
+    text = block("bench")
+    found = tables(text)
+    model = json.loads((BENCH / "model-cpu.json").read_text())
+    model_rows = [t for t in found if "network" in t[0]]
+    assert len(model_rows) == (1 if model.get("complete") else 0)
+    for row in (model_rows[0] if model_rows else []):
+        side = int(numbers(row["output size"])[0])
+        (s,) = [s for s in model["summary"]
+                if s["network"] == model_name(row["network"]) and s["size"] == side]
+        assert_cell(row["eager fp32"], [s["baseline_ms"]])
+        assert model_name(row["service path"]) == s["service_path"]
+        assert_cell(row["service path"], [s["service_ms"]])
+        assert_cell(row["speed-up"], [s["service_speedup"]])
+    services = [json.loads(p.read_text()) for p in
+                [BENCH / "service-cpu.json", *sorted(BENCH.glob("service-cuda*.json"))]
+                if p.is_file()]
+    sweeps = [t for t in found if "setup" in t[0]]
+    goals = [t for t in found if "target" in t[0]]
+    assert len(sweeps) == len(goals) == len(services)
+    for doc, rows, targets in zip(services, sweeps, goals, strict=True):
+        one = next(k for k in doc["sweeps"]["measured"]["runs"] if k != "mixed")
+        assert f"{one}×{one} images" in text
+        for row in rows:
+            runs = doc["sweeps"][SETUP_LABELS[row["setup"]]]["runs"][one]
+            assert [int(c) for c in row if c != "setup"] == doc["levels"]
+            for r in runs:
+                assert_cell(row[str(r["concurrency"])], [r["throughput_per_s"]])
+        t = doc["targets"]
+        shown = {}
+        for row in targets:          # keyed by the number of clients, or "no errors"
+            m = re.search(r"at (\d+) clients?", row["target"])
+            shown[m.group(1) if m else row["target"]] = row
+        assert_cell(shown["8"]["measured"], [t["conc8_throughput_vs_raw_best"]])
+        assert_cell(shown["1"]["measured"], [abs(t["conc1_p50_minus_raw_batch1_ms"])])
+        assert shown["1"]["measured"].startswith("-") == (t["conc1_p50_minus_raw_batch1_ms"] < 0)
+        assert_cell(shown["16"]["measured"], [t["conc16_vs_conc4_throughput"]])
+        assert_cell(shown["no errors"]["measured"], [t["errors_total"]])
+        for key, met in (("8", "conc8_target_0.85_met"), ("1", "conc1_target_10ms_met"),
+                         ("16", "conc16_target_met"), ("no errors", "zero_errors_met")):
+            assert (shown[key]["met"] == "yes") == t[met]
+    for path in sorted(BENCH.glob("model-cuda*.json")):
+        gpu = json.loads(path.read_text())
+        style = [r for r in gpu["results"] if r["network"] == "style" and "latency_ms" in r]
+        best = max(r["images_per_s"] for r in style if r["size"] == 256 and "fp16" in r["path"])
+        fastest = min(r["latency_ms"] for r in style if r["size"] == 1024 and r["batch"] == 1)
+        assert f"{best:,.0f} images/s" in text and f"{fastest:.2f} ms" in text
+    if (BENCH / "cache.json").is_file():
+        cache = json.loads((BENCH / "cache.json").read_text())["cache"]
+        assert f"p50 {cache['redis']['p50_ms']:.2f} ms from Redis" in text

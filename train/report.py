@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench import summary as bench_summary
 from model_store import SHIPPED_ROOT, ModelStore
 
 log = logging.getLogger(__name__)
@@ -846,6 +847,8 @@ def readme_blocks(docs: Path) -> dict[str, str]:
         blocks["speed-table"] = (speed_legend(speed) + " Details in [docs/speed.md]"
                                  "(docs/speed.md).\n\n" + speed_table(speed) + "\n\n"
                                  + reference_speed_table(speed))
+    if bench := bench_summary.readme_block():
+        blocks["bench"] = bench
     if gallery := load("gallery/index.json"):
         blocks["gallery"] = (gallery_markdown(gallery, prefix="docs/", width=96)
                              + "\n\nLarger: [docs/gallery.md](docs/gallery.md).")
