@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"benchmark": "model", "machine": describe(), "device": str(dev),
                     "paths": paths, "images": args.images if Path(args.images).is_dir()
                     else "synthetic", "load_average_start": load_start, "results": [],
-                    "complete": False}
+                    "complete": False, "settings": vars(args)}
     started = time.monotonic()
     for network in args.networks.split(","):
         net, weights = load_network(network, dev)

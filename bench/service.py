@@ -9,6 +9,8 @@
    with a mix of sizes, for each configuration:
    - `measured`: the defaults, batch policy measured at warm-up;
    - `no_batching`: the same with max_batch_size=1;
+   - `one_lane`: the same with one forward pass at a time on all the threads (the lanes the
+     policy may choose on a CPU are what this compares);
    - `fixed`: the service before the batch policy (plain torch, batches of up to 8, one forward
      at a time), what a serving framework that fills batches does.
    Each level: throughput, p50/p95/p99 latency, errors, and the batch-size distribution read
@@ -37,6 +39,7 @@ from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 CONFIGS = {
     "measured": {},
     "no_batching": {"SERVICE_MAX_BATCH_SIZE": "1"},
+    "one_lane": {"SERVICE_LANES": "1"},
     "fixed": {"SERVICE_BATCH_POLICY": "fixed", "SERVICE_MAX_BATCH_SIZE": "8"},
 }
 

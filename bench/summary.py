@@ -13,7 +13,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETUPS = {"measured": "measured policy (default)", "no_batching": "no batching",
-          "fixed": "fixed batches of up to 8"}
+          "one_lane": "one forward pass at a time", "fixed": "fixed batches of up to 8"}
 
 
 def readme_block(results: Path = RESULTS) -> str | None:

@@ -180,7 +180,7 @@ def build_services(settings: Settings) -> Services:
                         policy=settings.batch_policy, policy_sizes=settings.policy_sizes,
                         policy_budget_s=settings.policy_budget_s,
                         max_batch_size=settings.max_batch_size,
-                        max_batch_pixels=settings.max_batch_pixels)
+                        max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes)
 
     def run_batch(key: tuple[str, int, int], items: list[Payload]) -> list[np.ndarray]:
         """One forward pass; the key holds no style, so a multi-style network's requests for

@@ -39,8 +39,8 @@ BATCH_GAIN = 0.97        # a batch twice as large must cut the per-image cost by
 # Lanes are kept unless 5 % slower than one forward at a time: a lone batch still takes every
 # thread, so at low load they cost no latency, and under load the service's own codec and HTTP
 # threads stall a multi-threaded forward at each of its barriers but slow only one
-# single-threaded lane (bench service, 256², 2 cores: 8.7-9.2 img/s with 2 lanes against
-# 5.4-6.1 with one, where the warm-up measured the two within 4 %).
+# single-threaded lane, which this measurement without them cannot see (`bench service`
+# compares the two under load: `measured` against `one_lane`).
 LANES_GAIN = 0.95
 LANES_ROUNDS = 2         # lane options measured in turn this often; the best round counts
 

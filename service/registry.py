@@ -158,13 +158,15 @@ class Registry:
 
     `policy="fixed"`: every model runs its module with batches up to `max_batch_size`, one at a
     time. `policy="measure"`: see `service.policy`; `policy_sizes` are output sides (the
-    super-resolution models are measured at the matching low-resolution inputs).
+    super-resolution models are measured at the matching low-resolution inputs). `lanes` (CPU)
+    sets the forward passes at once instead: 0 leaves them to the measured policy (else 1).
     """
 
     def __init__(self, store_root: Path | str, names: Sequence[str] = (), device: str = "auto",
                  dtype: str = "auto", *, policy: str = "fixed",
                  policy_sizes: Sequence[int] = (256, 512), policy_budget_s: float = 8.0,
-                 max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512) -> None:
+                 max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512,
+                 lanes: int = 0) -> None:
         self.store = ModelStore(store_root)
         self.wanted = list(names)
         self.device = resolve_device(device)
@@ -176,7 +178,8 @@ class Registry:
         self.max_batch_size = max_batch_size
         self.max_batch_pixels = max_batch_pixels
         self.threads = torch.get_num_threads()
-        self.lanes = 1            # forward passes at once (CPU; chosen by the measured policy)
+        self.lanes_setting = lanes if self.device.type == "cpu" else 1   # 0: measure
+        self.lanes = self.lanes_setting or 1   # forward passes at once (CPU)
         self._models: dict[str, LoadedModel] = {}
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
         self._lane_rates: list[dict[int, float]] = []
@@ -242,7 +245,7 @@ class Registry:
                 runners, errors, self.device, sides, base=self.base_path,
                 max_batch=self.max_batch_size, max_pixels=self.max_batch_pixels,
                 budget_s=self.policy_budget_s)
-            if self.device.type == "cpu" and self.threads > 1:
+            if self.device.type == "cpu" and self.threads > 1 and not self.lanes_setting:
                 choice = model.policy.sizes[0]
                 model.policy.lanes_images_per_s = policies.measure_lanes(
                     runners[choice.path], choice.side, self.threads,

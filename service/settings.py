@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         description="output sides measured at warm-up (comma-separated)")
     policy_budget_s: float = Field(
         8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
+    lanes: int = Field(0, ge=0, le=64, description="CPU: forward passes at once, the threads "
+                                                   "split between them; 0 = measured at warm-up "
+                                                   "(measure policy), else 1")
 
     # Styles and blends (service/styles.py)
     style_backend: Literal["single", "multi"] = Field(

@@ -193,7 +193,7 @@ def test_docs_pages_exist(name: str):
 
 BENCH = REPO / "bench" / "results"
 SETUP_LABELS = {"measured policy (default)": "measured", "no batching": "no_batching",
-                "fixed batches of up to 8": "fixed"}
+                "one forward pass at a time": "one_lane", "fixed batches of up to 8": "fixed"}
 
 
 def test_bench_block_matches_the_results():

@@ -264,6 +264,21 @@ async def test_forward_passes_run_on_every_thread_whatever_a_lane_left(
     assert [n for name, n in seen if name.startswith("batch-worker")] == [2]
 
 
+async def test_the_lanes_setting_replaces_their_measurement(make_settings) -> None:
+    settings = make_settings(models=["udnie"], batch_policy="measure", policy_sizes=[32],
+                             policy_budget_s=2, lanes=2, cache_bytes=0)
+    async with running(settings) as r:
+        (model,) = (await r.client.get("/v1/models")).json()["models"]
+        policy = model["policy"]
+        assert policy["source"] == "measured" and policy["sizes"][0]["side"] == 32
+        assert policy["lanes"] == 2 and policy["lanes_images_per_s"] == {}   # not measured
+        assert await r.metric("service_policy_lanes") == 2
+        answers = await asyncio.gather(*(
+            r.client.post("/v1/stylize?style=udnie", content=images.png(24, 24, seed=i),
+                          headers={"content-type": "image/png"}) for i in range(4)))
+        assert [a.status_code for a in answers] == [200] * 4
+
+
 async def test_service_measures_once_per_architecture_and_reports_the_policy(
         make_settings) -> None:
     settings = make_settings(models=["udnie", "candy"], batch_policy="measure",

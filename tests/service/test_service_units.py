@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,13 @@ def test_pad_and_encode() -> None:
 ])
 def test_accept_negotiation(accept: str | None, fmt: str) -> None:
     assert negotiate(accept) == fmt
+
+
+def test_every_setting_is_documented() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "service" / "README.md").read_text()
+    missing = [f"SERVICE_{name.upper()}" for name in Settings.model_fields
+               if f"`SERVICE_{name.upper()}`" not in readme]
+    assert not missing, f"service/README.md does not document {missing}"
 
 
 def test_settings_class_is_the_contract() -> None:
