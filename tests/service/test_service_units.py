@@ -189,6 +189,15 @@ def test_pad_and_encode() -> None:
     assert jpeg.mode == "RGB" and 100 < np.asarray(jpeg).mean() < 160   # black over white
 
 
+def test_png_output_is_lossless() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    alpha = rng.integers(1, 256, (37, 53), dtype=np.uint8)
+    assert np.array_equal(np.asarray(images.decode(imaging.encode(rgb, None, "png", 90))), rgb)
+    rgba = np.asarray(images.decode(imaging.encode(rgb, alpha, "png", 90)))
+    assert np.array_equal(rgba[..., :3], rgb) and np.array_equal(rgba[..., 3], alpha)
+
+
 @pytest.mark.parametrize(("accept", "fmt"), [
     (None, "png"), ("*/*", "png"), ("image/jpeg", "jpeg"), ("text/html", "png"),
     ("image/png;q=0.5, image/webp", "webp"), ("image/webp;q=0, image/jpeg;q=0.2", "jpeg"),
