@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rounds of the one-size run, in alternating order of the levels")
     p.add_argument("--min-done", type=int, default=24, help="answers per window (at least)")
     p.add_argument("--max-level-s", type=float, default=60.0)
-    p.add_argument("--raw-min-s", type=float, default=1.0)
+    p.add_argument("--raw-min-s", type=float, default=3.0,
+                   help="timed seconds per raw batch size (the median counts)")
     p.add_argument("--raw-policy", default="measure", choices=["measure", "fixed"],
                    help="the raw model's policy (fixed: no warm-up measurement, for tests)")
     p.add_argument("--images", default=str(PHOTOS))
