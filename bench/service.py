@@ -129,7 +129,8 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
           args: argparse.Namespace, log: Path, raw: RawModel) -> dict:
     """One configuration: start the service, measure the raw model again while it idles (the
     load on a shared machine drifts: the targets compare numbers taken minutes apart at most),
-    then each run's levels."""
+    then each run's levels, and the raw model once more after the one-size run: its levels come
+    first and last in their rounds, so the two raw timings bracket them alike."""
     sides = [args.size, *(int(s) for s in args.mixed.split(",") if s)]
     env = {"SERVICE_MODELS": args.model,
            **load_settings(args.device, args.max_batch_size, max(sides), levels), **settings}
@@ -146,16 +147,21 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
                 url, f"/v1/stylize?style={args.model}", files, levels,
                 duration_s=args.duration_s, warmup_s=args.warmup_s, min_done=args.min_done,
                 max_s=args.max_level_s, rounds=1 if run_name == "mixed" else args.rounds)
+            if run_name != "mixed":
+                result["raw_after"] = raw.measure(args.size, Path(args.images), args.raw_min_s)
     return result
 
 
 def targets(result: dict, one: str) -> dict:
     """The issue's CPU targets, on this run's numbers (None where the run lacks the data)."""
     measured = result["sweeps"].get("measured", {})
-    raw_side = measured.get("raw") or result["raw"]["sizes"].get(one, {})
+    timings = [r for r in (measured.get("raw"), measured.get("raw_after")) if r] or [
+        result["raw"]["sizes"].get(one, {})]
+    raw_side = {k: statistics.mean(r[k] for r in timings)
+                for k in ("batch1_latency_ms", "best_images_per_s") if all(k in r for r in timings)}
     runs = measured.get("runs", {}).get(one, [])
     at = {r["concurrency"]: r for r in runs}
-    t: dict = {}
+    t: dict = {f"raw_{k}": v for k, v in raw_side.items()}   # the mean of the raw timings
     if 8 in at and raw_side:
         t["conc8_throughput_vs_raw_best"] = at[8]["throughput_per_s"] / raw_side[
             "best_images_per_s"]

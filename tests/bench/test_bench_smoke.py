@@ -69,7 +69,8 @@ def test_service(tmp_path: Path) -> None:
         assert {"throughput_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "batches"} <= set(r)
         assert r["errors_total"] == 0 and sum(r["batches"].values()) >= 1
     assert result["sweeps"]["fixed"]["policy"]["source"] == "fixed"
-    assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["sweeps"]["fixed"]["raw"])
+    for timing in ("raw", "raw_after"):    # before and after the one-size run
+        assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["sweeps"]["fixed"][timing])
     assert {"errors_total", "zero_errors_met"} <= set(result["targets"])
 
 
