@@ -55,6 +55,7 @@ SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "bf16
                       "cuda": ["channels_last", "fp16", "rewrite", "fp16_rewrite"]}
 IMAGES = Path("/work/shared/data/content-images")
 MAX_LEVELS = 1.0
+SETTLE_S = 0.05          # CPU: pause before each timed call (see time_rounds)
 Runner = Callable[[], torch.Tensor]
 
 
@@ -167,6 +168,7 @@ def onnx_runner(model: bytes, x: torch.Tensor, threads: int = 0) -> Runner:
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as the service
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     feed = {"image": x.cpu().numpy()}
     return lambda: torch.from_numpy(session.run(None, feed)[0])
@@ -179,13 +181,17 @@ def levels(y: torch.Tensor) -> torch.Tensor:
 def time_rounds(runners: dict[str, Runner], device: torch.device, min_s: float, min_runs: int,
                 max_runs: int) -> dict[str, list[float]]:
     """Seconds per call of each runner, the runners taking turns (rotating the order) until each
-    has `min_runs` and the round-robin has lasted `min_s` per runner, or `max_runs`."""
+    has `min_runs` and the round-robin has lasted `min_s` per runner, or `max_runs`. On a CPU
+    each call starts after a short pause: the thread pools of the previous path (OpenMP's,
+    ONNX Runtime's) spin on for a while after it returns and would slow the next one."""
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
     r = 0
     while r < max_runs and (r < min_runs or time.perf_counter() - start < min_s * len(names)):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            if device.type == "cpu":
+                time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             runners[name]()
             if device.type == "cuda":
