@@ -210,6 +210,10 @@ def test_bench_block_matches_the_results():
         assert model_name(row["service path"]) == s["service_path"]
         assert_cell(row["service path"], [s["service_ms"]])
         assert_cell(row["speed-up"], [s["service_speedup"]])
+        if "service_lanes_speedup" in s:
+            assert_cell(row["with lanes"], [s["service_lanes_speedup"], s["service_lanes"]])
+        else:
+            assert row["with lanes"] == "—"
     services = [json.loads(p.read_text()) for p in
                 [BENCH / "service-cpu.json", *sorted(BENCH.glob("service-cuda*.json"))]
                 if p.is_file()]
