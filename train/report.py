@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"    # where CI and the team keep the (read-only) data
 DOCS = REPO / "docs"
 README = REPO / "README.md"
-BLOCKS = ("sr-table", "style-table", "speed-table", "gallery")
+BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "gallery")
 
 # The paper's x4 super-resolution means (PSNR dB, SSIM), as printed in its Fig. 8 (ECCV 2016
 # camera-ready; the speed table is its Table 1).
@@ -829,7 +829,7 @@ def load_doc(docs: Path, rel: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def readme_blocks(docs: Path) -> dict[str, str]:
+def readme_blocks(docs: Path, bench_results: Path = bench_summary.RESULTS) -> dict[str, str]:
     """The body of each block whose source document exists."""
     def load(rel: str) -> dict[str, Any] | None:
         return load_doc(docs, rel)
@@ -847,7 +847,7 @@ def readme_blocks(docs: Path) -> dict[str, str]:
         blocks["speed-table"] = (speed_legend(speed) + " Details in [docs/speed.md]"
                                  "(docs/speed.md).\n\n" + speed_table(speed) + "\n\n"
                                  + reference_speed_table(speed))
-    if bench := bench_summary.readme_block():
+    if bench := bench_summary.readme_block(bench_results):
         blocks["bench"] = bench
     if gallery := load("gallery/index.json"):
         blocks["gallery"] = (gallery_markdown(gallery, prefix="docs/", width=96)
@@ -868,7 +868,7 @@ def run_readme(args: argparse.Namespace) -> int:
                 write(doc, docs)
     path = Path(args.readme)
     text = path.read_text()
-    for name, body in readme_blocks(Path(args.docs)).items():
+    for name, body in readme_blocks(Path(args.docs), Path(args.bench_results)).items():
         text = replace_block(text, name, body)
         print(f"README: {name}")
     path.write_text(text)
@@ -896,6 +896,8 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
             p.add_argument("--readme", default=str(README), help="README to update")
             p.add_argument("--pages", action=argparse.BooleanOptionalAction, default=True,
                            help="also rewrite docs/*.md and plots from the JSON")
+            p.add_argument("--bench-results", default=str(bench_summary.RESULTS),
+                           help="the benchmarks' JSON, quoted in the bench block")
             continue
         p.add_argument("--store", default=str(SHIPPED_ROOT), help="model store folder")
         p.add_argument("--data", default=str(DATA), help="the shared data folder")

@@ -161,11 +161,13 @@ def test_readme_command_fills_the_blocks_it_has_documents_for(tmp_path: Path):
     readme = tmp_path / "README.md"
     readme.write_text("".join(f"# {n}\n<!-- BEGIN generated:{n} -->\n<!-- END generated:{n} -->\n"
                               for n in report.BLOCKS))
-    report.run_readme(argparse.Namespace(readme=str(readme), docs=str(docs), pages=True))
+    report.run_readme(argparse.Namespace(readme=str(readme), docs=str(docs), pages=True,
+                                         bench_results=str(tmp_path / "bench")))
     text = readme.read_text()
     assert "| `udnie` | 40,000 / 30,000" in report.read_block(text, "style-table")
     assert 'src="docs/gallery/udnie/chicago.jpg"' in report.read_block(text, "gallery")
     assert report.read_block(text, "sr-table") == "\n"  # no sr.json: left as it was
+    assert report.read_block(text, "bench") == "\n"     # no benchmark results either
     assert "| `udnie` | 40,000 / 30,000" in (docs / "style.md").read_text()
     assert (docs / "style.png").stat().st_size > 0
     assert "#### Super-resolution crops, ×4" in (docs / "gallery.md").read_text()
