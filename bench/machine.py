@@ -29,10 +29,12 @@ def describe() -> dict[str, object]:
 
 
 def caption(result: dict) -> str:
-    """The machine and its load around the run, as a plot's title says it."""
-    m = result["machine"]
-    return (f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, torch {m['torch']}; load "
-            f"{result['load_average_start']} -> {result.get('load_average_end')}")
+    """The machine and its load around the run, as plot titles and the README say it."""
+    m, start, end = result["machine"], result["load_average_start"], result.get("load_average_end")
+    gpu = f", {m['gpu']}" if m["gpu"] else ""
+    load = f"; 1-min load average {start[0]} at the start" if start else ""
+    load += f", {end[0]} at the end" if load and end else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}{load}"
 
 
 def load_average() -> list[float]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.machine import caption
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SETUPS = {"measured": "measured policy (default)", "no_batching": "no batching",
           "one_lane": "one forward pass at a time", "fixed": "fixed batches of up to 8"}
@@ -29,14 +31,6 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _machine(doc: dict) -> str:
-    m, start, end = doc["machine"], doc["load_average_start"], doc.get("load_average_end")
-    gpu = f", {m['gpu']}" if m["gpu"] else ""
-    load = f"; 1-min load average {start[0]} at the start" if start else ""
-    load += f", {end[0]} at the end" if load and end else ""
-    return f"{m['cpu']}, {m['cores']} cores{gpu}, torch {m['torch']}{load}"
-
-
 def _yes(met: bool) -> str:
     return "yes" if met else "**no**"
 
@@ -53,7 +47,7 @@ def model_part(doc: dict | None) -> str:
         rows.append(f"| `{s['network']}` | {s['size']}×{s['size']} | {s['baseline_ms']:,.1f} ms "
                     f"| `{s['service_path']}` {s['service_ms']:,.1f} ms "
                     f"| {s['service_speedup']:.2f}× | {lanes} |")
-    return (f"Forward pass (`python -m bench model`, {_machine(doc)}), batch 1: the execution "
+    return (f"Forward pass (`python -m bench model`, {caption(doc)}), batch 1: the execution "
             "path the service picks (the fastest within one grey level of float32) against "
             "eager fp32, as the reference implementations run; medians of the same timing "
             "rounds. The speed-up is one request's latency; with lanes, the throughput of "
@@ -119,7 +113,7 @@ def service_part(doc: dict | None) -> str:
                   for r in s["runs"].get(size, [])), default=1)
     pooled = (f"each level's windows pooled over {rounds} rounds" if rounds > 1
               else "one window each")
-    return (f"Service (`python -m bench service`, {_machine(doc)}): closed-loop clients posting "
+    return (f"Service (`python -m bench service`, {caption(doc)}): closed-loop clients posting "
             f"distinct {size}×{size} images over HTTP, cache off; images/s by number of "
             f"clients ({pooled}). The raw model (the service's "
             f"own code, no HTTP) in the same run{bracket}: {raw['best_images_per_s']:.2f} "
@@ -133,7 +127,7 @@ def cache_part(doc: dict | None) -> str:
         return ""
     c, side = doc["cache"], doc["value_side"]
     http = doc["http"].get("redis", {}).get("levels", [{}])[0].get("p50_ms")
-    return (f"Cache (`python -m bench cache`, {_machine(doc)}): a hit on a {side}×{side} result "
+    return (f"Cache (`python -m bench cache`, {caption(doc)}): a hit on a {side}×{side} result "
             f"({doc['value_bytes'] / 1024:,.0f} KiB PNG) takes p50 {c['redis']['p50_ms']:.2f} ms "
             f"from Redis (target under 3 ms) and {c['memory']['p50_ms']:.3f} ms in process"
             + (f"; the whole request over HTTP, answered from Redis, p50 {http:.1f} ms."
