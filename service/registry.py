@@ -178,8 +178,9 @@ class Registry:
         self.max_batch_size = max_batch_size
         self.max_batch_pixels = max_batch_pixels
         self.threads = torch.get_num_threads()
-        self.lanes_setting = lanes if self.device.type == "cpu" else 1   # 0: measure
-        self.lanes = self.lanes_setting or 1   # forward passes at once (CPU)
+        # Forward passes at once (CPU): `lanes`, or measured when it is 0.
+        self.lanes = lanes if lanes and self.device.type == "cpu" else 1
+        self._measure_lanes = lanes == 0
         self._models: dict[str, LoadedModel] = {}
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
         self._lane_rates: list[dict[int, float]] = []
@@ -245,7 +246,7 @@ class Registry:
                 runners, errors, self.device, sides, base=self.base_path,
                 max_batch=self.max_batch_size, max_pixels=self.max_batch_pixels,
                 budget_s=self.policy_budget_s)
-            if self.device.type == "cpu" and self.threads > 1 and not self.lanes_setting:
+            if self.device.type == "cpu" and self.threads > 1 and self._measure_lanes:
                 choice = model.policy.sizes[0]
                 model.policy.lanes_images_per_s = policies.measure_lanes(
                     runners[choice.path], choice.side, self.threads,
