@@ -61,10 +61,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
       "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # The remaining dependencies, read from pyproject.toml: this layer is rebuilt only when the
-# dependency list changes, not on every source edit.
+# dependency list changes, not on every source edit. The CPU image adds the `cpu` extra (ONNX
+# Runtime, OpenVINO): the service's fastest CPU execution paths.
 COPY pyproject.toml README.md* ./
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+    python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *(p['optional-dependencies']['cpu'] if sys.argv[1] == 'cpu' else []), sep='\n')" "$VARIANT" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 

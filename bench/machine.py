@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import time
@@ -20,11 +21,11 @@ def describe() -> dict[str, object]:
                                "threads": torch.get_num_threads(), "gpu": None}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import onnxruntime
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
+    for package in ("onnxruntime", "openvino"):
+        try:
+            info[package] = importlib.import_module(package).__version__
+        except ImportError:
+            info[package] = None
     return info
 
 

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from bench.machine import caption, describe, load_average, wait_until_quiet
-from service.execution import export_onnx_bytes, native_bf16
+from service.execution import OpenVinoRunner, export_onnx_bytes, native_bf16
 from service.rewrite import rewrite
 from train.architectures import build
 
@@ -47,16 +47,19 @@ NETWORKS = {
                                      "padding": "reflect", "residual": True}, 8),
 }
 CPU_PATHS = ["eager_fp32", "channels_last", "inference_mode", "bf16_autocast", "compile", "onnx",
-             "rewrite", "onnx_rewrite"]
+             "openvino", "rewrite", "onnx_rewrite", "openvino_rewrite"]
+EXPORTED = ["onnx", "openvino", "onnx_rewrite", "openvino_rewrite"]   # CPU, from the ONNX export
 CUDA_PATHS = ["eager_fp32", "channels_last", "fp16", "fp16_cuda_graph", "compile_fp16",
               "rewrite", "fp16_rewrite", "fp16_rewrite_cuda_graph"]
 # What the service chooses from (service/execution.py), by device.
-SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "bf16_autocast"],
+SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "openvino_rewrite",
+                              "bf16_autocast"],
                       "cuda": ["channels_last", "fp16", "rewrite", "fp16_rewrite"]}
 IMAGES = Path("/work/shared/data/content-images")
 MAX_LEVELS = 1.0
 SETTLE_S = 0.05          # CPU: pause before each timed call (see time_rounds)
 Runner = Callable[[], torch.Tensor]
+Exported = Callable[[torch.Tensor, int], Runner]   # (x, threads or 0 for all) -> runner
 
 
 def load_network(name: str, device: torch.device) -> tuple[nn.Module, str]:
@@ -92,7 +95,8 @@ def photos(folder: Path, side: int, count: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def make_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, bytes]) -> Runner:
+def make_runner(path: str, net: nn.Module, x: torch.Tensor, exported: dict[str, Exported]
+                ) -> Runner:
     """A zero-argument callable running one forward pass of `x` the way `path` describes."""
     dev = x.device
     fp32 = copy.deepcopy(net).float()
@@ -111,8 +115,8 @@ def make_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, byte
     if path == "compile":
         torch._dynamo.reset()   # one compiled shape per cell; never hit the recompile limit
         return inference(torch.compile(fp32, dynamic=False, options={"freezing": True}), x)
-    if path in ("onnx", "onnx_rewrite"):
-        return onnx_runner(onnx[path], x)
+    if path in EXPORTED:
+        return exported[path](x, 0)
     half, xh = cl.half(), xcl.half()
     if path in ("fp16", "fp16_rewrite"):
         return inference(half, xh)
@@ -174,6 +178,29 @@ def onnx_runner(model: bytes, x: torch.Tensor, threads: int = 0) -> Runner:
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
 
+def openvino_runner(runner: OpenVinoRunner, x: torch.Tensor, threads: int = 0) -> Runner:
+    feed = {"image": x.cpu().numpy()}
+    threads = threads or torch.get_num_threads()
+    return lambda: torch.from_numpy(runner.request(threads).infer(feed)[0])
+
+
+def export_paths(net: nn.Module, paths: list[str]) -> dict[str, Exported]:
+    """The exported paths that can run here: each exports the network (or its rewrite) once,
+    and its runners, one per input and thread count, share that export."""
+    out: dict[str, Exported] = {}
+    for path in paths:
+        fp32 = rewrite(net) if "rewrite" in path else net
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.startswith("onnx"):
+                model = export_onnx_bytes(fp32)
+                out[path] = lambda x, threads, model=model: onnx_runner(model, x, threads)
+            else:
+                ov = OpenVinoRunner(fp32)
+                out[path] = lambda x, threads, ov=ov: openvino_runner(ov, x, threads)
+    return out
+
+
 def levels(y: torch.Tensor) -> torch.Tensor:
     return (y.float().cpu().clamp(0, 1) * 255).round()
 
@@ -202,7 +229,7 @@ def time_rounds(runners: dict[str, Runner], device: torch.device, min_s: float, 
 
 
 def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: list[str],
-                 device: torch.device, onnx: dict[str, bytes], args: argparse.Namespace
+                 device: torch.device, exported: dict[str, Exported], args: argparse.Namespace
                  ) -> list[dict]:
     """All paths for one (network, output size, batch): interleaved timing, errors, speed-ups."""
     factor = NETWORKS[network][3]
@@ -228,9 +255,9 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
             t0 = time.perf_counter()
             if "@" in path:
                 row.update(lanes=lanes, threads_per_lane=torch.get_num_threads() // lanes)
-                run = lanes_runner(path.split("@")[0], net, x, onnx, lanes, pool)
+                run = lanes_runner(path.split("@")[0], net, x, exported, lanes, pool)
             else:
-                run = make_runner(path, net, x, onnx)
+                run = make_runner(path, net, x, exported)
             out = run()                           # warm-up (and compilation, for compile)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -268,7 +295,7 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
     return list(rows.values())
 
 
-def lanes_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, bytes],
+def lanes_runner(path: str, net: nn.Module, x: torch.Tensor, exported: dict[str, Exported],
                  lanes: int, pool: ThreadPoolExecutor) -> Runner:
     """`lanes` single-image forwards of `path` at once, on threads // lanes threads each (what
     the service's CPU batcher does under load); one call = `lanes` images."""
@@ -276,8 +303,8 @@ def lanes_runner(path: str, net: nn.Module, x: torch.Tensor, onnx: dict[str, byt
     per = threads // lanes
     torch.set_num_threads(per)
     try:
-        runners = [onnx_runner(onnx[path], x, per) if path in onnx
-                   else make_runner(path, net, x, onnx) for _ in range(lanes)]
+        runners = [exported[path](x, per) if path in exported
+                   else make_runner(path, net, x, exported) for _ in range(lanes)]
     finally:
         torch.set_num_threads(threads)
 
@@ -413,19 +440,15 @@ def main(argv: list[str] | None = None) -> int:
     for network in args.networks.split(","):
         net, weights = load_network(network, dev)
         result.setdefault("weights", {})[network] = weights
-        onnx: dict[str, bytes] = {}
-        for path in ("onnx", "onnx_rewrite"):
-            if path in paths and dev.type == "cpu":
-                with contextlib.suppress(Exception), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    onnx[path] = export_onnx_bytes(rewrite(net) if "rewrite" in path else net)
+        exported = export_paths(net, [p for p in paths if p in EXPORTED and dev.type == "cpu"])
         for size in map(int, args.sizes.split(",")):
             for batch in map(int, args.batches.split(",")):
                 if args.max_batch_pixels and batch * size * size > args.max_batch_pixels:
                     continue
                 cell_paths = [p for p in paths if "compile" not in p
                               or str(batch) in compile_batches.split(",")]
-                for row in measure_cell(network, net, size, batch, cell_paths, dev, onnx, args):
+                for row in measure_cell(network, net, size, batch, cell_paths, dev, exported,
+                                        args):
                     result["results"].append(row)
                     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                       for k, v in row.items()}), flush=True)

@@ -22,6 +22,7 @@ With `batch_policy=fixed` nothing is measured: `max_batch_size`, the loaded modu
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -111,22 +112,27 @@ def levels(y: torch.Tensor) -> torch.Tensor:
     return (y.float().clamp(0, 1) * 255).round().cpu()
 
 
-def time_call(fn: Callable[[], object], device: torch.device, *, min_s: float,
-              max_reps: int) -> float:
-    """Seconds per call: the minimum over repeats after one warm-up call (the minimum, because
-    other load on the machine only ever adds time)."""
-    def once() -> float:
+def time_calls(fns: dict[str, Callable[[], object]], device: torch.device, *, min_s: float,
+               max_reps: int) -> dict[str, float]:
+    """Seconds per call of each function: the minimum over repeats after one warm-up call each
+    (the minimum, because other load on the machine only ever adds time). The functions take
+    turns, so that a burst of other load cannot decide between them."""
+    def once(fn: Callable[[], object]) -> float:
         t0 = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    once()
-    times: list[float] = []
-    while len(times) < 2 or (len(times) < max_reps and sum(times) < min_s):
-        times.append(once())
-    return min(times)
+    for fn in fns.values():
+        once(fn)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    reps = 0
+    while reps < 2 or (reps < max_reps and sum(map(sum, times.values())) < min_s * len(fns)):
+        for name, fn in fns.items():
+            times[name].append(once(fn))
+        reps += 1
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def check_errors(runners: dict[str, Runner], reference: Runner,
@@ -149,20 +155,22 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
     alive = [p for p in runners if p not in rejected]
     sizes: list[SizeChoice] = []
 
-    def ms(path: str, side: int, batch: int) -> float:
-        """Forward ms per image; infinite when the batch does not fit in device memory."""
+    def ms(paths: list[str], side: int, batch: int) -> dict[str, float]:
+        """Forward ms per image of each path; infinite when the batch does not fit in device
+        memory."""
         try:
             x = test_image(side, batch).to(device)
-            return 1000 * time_call(lambda: runners[path](x), device, min_s=min_s,
-                                    max_reps=max_reps) / batch
+            seconds = time_calls({p: functools.partial(runners[p], x) for p in paths}, device,
+                                 min_s=min_s, max_reps=max_reps)
+            return {p: 1000 * s / batch for p, s in seconds.items()}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            return math.inf
+            return dict.fromkeys(paths, math.inf)
 
     for side in sorted(sides):
         if sizes and time.monotonic() - started > budget_s:
             break
-        path_ms = {p: ms(p, side, 1) for p in alive}
+        path_ms = ms(alive, side, 1)
         best = min(path_ms, key=path_ms.__getitem__)
         alive = [p for p in alive if path_ms[p] <= KEEP_WITHIN * path_ms[best]]
         per_image = {1: path_ms[best]}
@@ -170,7 +178,7 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
         batch = 1
         while batch * 2 <= limit and time.monotonic() - started < budget_s:
             batch *= 2
-            cost = ms(best, side, batch)
+            cost = ms([best], side, batch)[best]
             if cost == math.inf:
                 break
             per_image[batch] = cost

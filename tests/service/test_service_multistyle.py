@@ -341,7 +341,8 @@ def test_measured_policy_runs_the_multistyle_network_with_its_weights(ms_root: P
     (model,) = registry.load_all()
     assert model.styles == STYLES
     assert model.policy.source == "measured"
-    assert model.policy.paths() <= {"inference_mode", "rewrite", "onnx_rewrite"}
+    assert model.policy.paths() <= {"inference_mode", "rewrite", "onnx_rewrite",
+                                    "openvino_rewrite"}
     image = images.pixels(32, 32, seed=8)
     rows = [np.array([0.0, 0.0, 1.0], np.float32), np.array([0.5, 0.5, 0.0], np.float32)]
     outs = model.run([image, image], rows)

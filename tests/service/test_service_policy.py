@@ -15,9 +15,10 @@ from service import policy as policies
 from service.batcher import Batcher
 from service.execution import (
     OnnxRunner,
+    OpenVinoRunner,
     TorchRunner,
     candidates,
-    onnxruntime_available,
+    installed,
     use_threads,
 )
 from service.policy import ModelPolicy, SizeChoice
@@ -69,33 +70,65 @@ def test_transposed_networks_keep_their_upsampling() -> None:
 def test_cpu_candidates_are_the_documented_paths() -> None:
     net = NETWORKS["sr x4"]().eval()
     names = set(candidates(net, torch.device("cpu"), "float32", torch.float32))
-    assert names == {"rewrite", "onnx_rewrite"} if onnxruntime_available() else {"rewrite"}
+    optional = {"onnx_rewrite": "onnxruntime", "openvino_rewrite": "openvino"}
+    assert names == {"rewrite"} | {p for p, package in optional.items() if installed(package)}
     assert set(candidates(net, torch.device("cpu"), "float32", torch.float32,
                           only={"rewrite"})) == {"rewrite"}
 
 
-@pytest.mark.skipif(not onnxruntime_available(), reason="needs onnxruntime")
-def test_onnx_runner_is_one_graph_for_every_size_and_thread_count() -> None:
+@pytest.mark.parametrize("runner_type, package", [(OnnxRunner, "onnxruntime"),
+                                                  (OpenVinoRunner, "openvino")])
+def test_exported_runners_are_one_graph_for_every_size_and_thread_count(runner_type: type,
+                                                                        package: str) -> None:
+    if not installed(package):
+        pytest.skip(f"needs {package}")
     torch.manual_seed(1)
     net = rewrite(NETWORKS["style reflect"]().eval())
-    runner = OnnxRunner(net)
-    for shape in [(1, 3, 16, 16), (2, 3, 21, 13), (1, 3, 40, 28)]:
+    runner = runner_type(net)
+    for threads, shape in [(1, (1, 3, 16, 16)), (2, (2, 3, 21, 13)), (1, (1, 3, 40, 28))]:
         x = torch.rand(*shape)
+        use_threads(threads)
+        try:
+            y = runner(x)
+            kept = y.clone()
+            runner(torch.rand(*shape))       # the next call must not write into `y`
+        finally:
+            use_threads(1)
+        assert torch.equal(y, kept)
         with torch.inference_mode():
-            assert (runner(x) - net(x)).abs().max().item() * 255 < 0.01
-    assert runner.session(1) is runner.session(1)
+            assert (y - net(x)).abs().max().item() * 255 < 0.01
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="needs openvino")
+def test_openvino_runner_keeps_one_request_per_thread() -> None:
+    runner = OpenVinoRunner(rewrite(NETWORKS["sr x4"]().eval()))
+    mine = runner.request(1)
+    assert runner.request(1) is mine
+    theirs: list = []
+    worker = threading.Thread(target=lambda: theirs.append(runner.request(1)))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine
+
+
+def test_timed_paths_take_turns() -> None:
+    order: list[str] = []
+    fns = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
+    seconds = policies.time_calls(fns, torch.device("cpu"), min_s=0, max_reps=5)
+    assert order == ["a", "b"] * 3          # one warm-up call each, then two rounds
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
 
 
 def fake_timer(costs: dict[tuple[str, int], float]):  # noqa: ANN201
-    """time_call stand-in: seconds per call from (path, batch), read off the runner's name."""
+    """time_calls stand-in: seconds per call from (path, batch), read off the runner's name."""
 
-    def time_call(fn, device, *, min_s, max_reps) -> float:  # noqa: ANN001
-        return fn()
+    def time_calls(fns, device, *, min_s, max_reps) -> dict[str, float]:  # noqa: ANN001
+        return {name: fn() for name, fn in fns.items()}
 
     def runner(path: str):  # noqa: ANN202
         return lambda x: costs[(path, x.shape[0])] / 1000 * x.shape[0]
 
-    return time_call, runner
+    return time_calls, runner
 
 
 def test_measure_picks_the_fastest_accurate_path_and_the_batch_where_cost_stops_falling(
@@ -103,8 +136,8 @@ def test_measure_picks_the_fastest_accurate_path_and_the_batch_where_cost_stops_
     # ms per image: "fast" is fastest but 3 levels off; on "good" the cost falls to batch 4
     costs = {("fast", 1): 1.0, ("good", 1): 10.0, ("good", 2): 6.0, ("good", 4): 4.0,
              ("good", 8): 3.9, ("slow", 1): 50.0}
-    time_call, runner = fake_timer(costs)
-    monkeypatch.setattr(policies, "time_call", time_call)
+    time_calls, runner = fake_timer(costs)
+    monkeypatch.setattr(policies, "time_calls", time_calls)
     runners = {p: runner(p) for p in ("fast", "good", "slow")}
     errors = {"fast": 3.0, "good": 1.0, "slow": 0.0}
     p = policies.measure(runners, errors, torch.device("cpu"), [64], base="slow",
@@ -120,8 +153,8 @@ def test_measure_keeps_batch_1_when_batches_cost_more_and_respects_the_pixel_bud
         monkeypatch: pytest.MonkeyPatch) -> None:
     costs = {("cpu", 1): 100.0, ("cpu", 2): 101.0, ("cpu", 4): 120.0,
              ("gpu", 1): 10.0, ("gpu", 2): 5.0, ("gpu", 4): 2.0}
-    time_call, runner = fake_timer(costs)
-    monkeypatch.setattr(policies, "time_call", time_call)
+    time_calls, runner = fake_timer(costs)
+    monkeypatch.setattr(policies, "time_calls", time_calls)
     cpu = policies.measure({"cpu": runner("cpu")}, {"cpu": 0.0}, torch.device("cpu"), [32],
                            base="cpu", max_batch=8, max_pixels=1 << 30, budget_s=60)
     assert (cpu.sizes[0].max_batch, set(cpu.sizes[0].per_image_ms)) == (1, {1, 2})
