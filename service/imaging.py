@@ -16,6 +16,7 @@ Input rules (documented in the API description):
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -181,19 +182,42 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) ->
             im = Image.composite(im, white, mask)
         else:
             im.putalpha(mask)
-    buf = io.BytesIO()
     if fmt == "png":
-        # Run-length zlib after PNG's row filters: on the networks' outputs it encodes about a
-        # third faster than the default strategy and the file is smaller (at 256² the encode
-        # is most of the service's own time per request).
-        im.save(buf, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
-    elif fmt == "jpeg":
+        return png(np.asarray(im))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
         im.save(buf, "JPEG", quality=quality)
     elif fmt == "webp":
         im.save(buf, "WEBP", quality=quality, method=4)
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return buf.getvalue()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """(H, W, 3 or 4) uint8 pixels as an 8-bit RGB(A) PNG, written for speed: the encode is
+    most of the service's own time per request at 256².
+
+    Every row gets PNG's `Up` filter (the difference from the row above, one numpy subtraction
+    for the whole image), then zlib at level 1 with run-length matching only. Pillow tries the
+    five filters on every row and takes 2-3x as long, for files about 10 % smaller.
+    """
+    h, w, channels = pixels.shape
+    rows = pixels.reshape(h, w * channels)
+    filtered = np.empty((h, 1 + w * channels), np.uint8)
+    filtered[:, 0] = 2                                    # filter type: Up
+    filtered[0, 1:] = rows[0]                             # the row above the first is zeros
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])   # modulo 256, as PNG wants
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(filtered) + deflate.flush()
+    colour_type = {3: 2, 4: 6}[channels]                  # truecolour, truecolour with alpha
+    header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
+    return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", data),
+                     _chunk(b"IEND", b"")])
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 # Luma weights of YIQ (and of YCbCr/BT.601): Y = 0.299 R + 0.587 G + 0.114 B.

@@ -23,7 +23,7 @@ from service.execution import (
 )
 from service.policy import ModelPolicy, SizeChoice
 from service.registry import LoadedModel
-from service.rewrite import ColumnConv, SubPixelUpConv, rewrite
+from service.rewrite import ColumnConv, TransposedUpConv, rewrite
 from tests.helpers import images
 from tests.helpers.server import running, until
 from train.style_net import StyleNet
@@ -45,7 +45,7 @@ def test_rewrite_computes_the_same_function(name: str) -> None:
     net = NETWORKS[name]().eval()
     fast = rewrite(net)
     kinds = {type(m) for m in fast.modules()}
-    assert {SubPixelUpConv, ColumnConv} <= kinds
+    assert {TransposedUpConv, ColumnConv} <= kinds
     assert not any(isinstance(m, torch.nn.Upsample) for m in fast.modules())
     nhwc = copy.deepcopy(fast).to(memory_format=torch.channels_last)   # as on CUDA
     for shape in [(1, 3, 16, 16), (2, 3, 21, 13), (1, 3, 18, 31)]:
@@ -61,7 +61,7 @@ def test_rewrite_computes_the_same_function(name: str) -> None:
 def test_transposed_networks_keep_their_upsampling() -> None:
     net = StyleNet(norm="instance").eval()   # transposed convolutions: nothing to rewrite there
     fast = rewrite(net)
-    assert not any(isinstance(m, SubPixelUpConv) for m in fast.modules())
+    assert not any(isinstance(m, TransposedUpConv) for m in fast.modules())
     x = torch.rand(1, 3, 20, 24)
     with torch.inference_mode():
         assert (net(x) - fast(x)).abs().max().item() * 255 < 0.01

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model_store import SHIPPED_ROOT
 from service import imaging
@@ -189,11 +191,14 @@ def test_pad_and_encode() -> None:
     assert jpeg.mode == "RGB" and 100 < np.asarray(jpeg).mean() < 160   # black over white
 
 
-def test_png_output_is_lossless() -> None:
+@pytest.mark.parametrize("shape", [(37, 53), (1, 1), (1, 40), (40, 1)])
+def test_png_output_is_lossless(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    alpha = rng.integers(1, 256, (37, 53), dtype=np.uint8)
-    assert np.array_equal(np.asarray(images.decode(imaging.encode(rgb, None, "png", 90))), rgb)
+    rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    alpha = rng.integers(1, 256, shape, dtype=np.uint8)
+    body = imaging.encode(rgb, None, "png", 90)
+    Image.open(io.BytesIO(body)).verify()         # signature, chunk CRCs
+    assert np.array_equal(np.asarray(images.decode(body)), rgb)
     rgba = np.asarray(images.decode(imaging.encode(rgb, alpha, "png", 90)))
     assert np.array_equal(rgba[..., :3], rgb) and np.array_equal(rgba[..., 3], alpha)
 
