@@ -152,10 +152,10 @@ class OnnxRunner:
 
 class OpenVinoRunner:
     """OpenVINO on the CPU, from the same ONNX export: its fused kernels (convolution with the
-    next element-wise layers, instance norm as one pass) ran the style network 1.1-1.3x faster
-    than ONNX Runtime on 2 AVX-512 cores. Each calling thread compiles its own model per
-    thread count: requests of one compiled model run one at a time, so concurrent lanes would
-    otherwise take turns."""
+    next element-wise layers, instance norm as one pass) ran the rewritten networks 1.4-2.6x
+    faster than ONNX Runtime on 2 AVX-512 cores (`bench/results/model-cpu.json`). Each calling
+    thread compiles its own model per thread count: requests of one compiled model run one at
+    a time, so concurrent lanes would otherwise take turns."""
 
     def __init__(self, module: nn.Module, styles: int = 0) -> None:
         import openvino  # optional: the `openvino` extra
