@@ -9,8 +9,8 @@ stays within one grey level of float32 (`bench model` measures all of them, and 
 CPU: `inference_mode` (the network as trained, NCHW: channels_last is slower with instance norm
 on the CPU), `rewrite` (`service.rewrite`: the same function with cheaper layers),
 `onnx_rewrite` and `openvino_rewrite` (the rewrite's ONNX export under ONNX Runtime or OpenVINO,
-when installed), `bf16_autocast` (only on CPUs
-with native bfloat16; on the shipped networks it is 2-20 grey levels off, so it is rejected).
+when installed: the `cpu` extra), `bf16_autocast` (only on CPUs with native bfloat16; on the
+shipped networks it is 2-20 grey levels off, so it is rejected).
 CUDA: `fp16` and `channels_last` (float32, TF32 convolutions), each also `_rewrite`.
 """
 
@@ -158,7 +158,7 @@ class OpenVinoRunner:
     a time, so concurrent lanes would otherwise take turns."""
 
     def __init__(self, module: nn.Module, styles: int = 0) -> None:
-        import openvino  # optional: the `openvino` extra
+        import openvino  # optional: the `cpu` extra
 
         self._core = openvino.Core()
         self._model = self._core.read_model(export_onnx_bytes(module, styles), b"")
