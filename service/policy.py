@@ -8,11 +8,12 @@ architecture: the weights do not change the cost) and for the common input sizes
 
 1. path: each candidate of `service.execution` is compared with float32 on a test image and
    rejected if any output pixel differs by more than one grey level; the others are timed at
-   batch 1, the fastest wins (a candidate 15 % slower than the best is not timed at the next
-   size, which keeps the warm-up short);
-2. largest batch: the per-image cost at batch 1, 2, 4, ... on that path; the batch doubles while
-   the cost falls by at least 3 %, within `max_batch_size` and the pixel budget; the smallest
-   batch within 3 % of the cheapest is kept (lower latency for the same throughput);
+   batch 1, in turns, the fastest wins (a candidate 15 % slower than the best is not timed at
+   the next size, which keeps the warm-up short);
+2. largest batch: the per-image cost at batch 1, 2, 4, ... on that path (batch 1 timed again in
+   turns with each); the batch doubles while the cost falls by at least 3 %, within
+   `max_batch_size` and the pixel budget; the smallest batch within 3 % of the cheapest is
+   kept (lower latency for the same throughput);
 3. lanes (CPU, by the registry): single-image forwards running concurrently with the threads
    split between them, against one forward at a time on all threads (`measure_lanes`); kept
    unless clearly slower (LANES_GAIN).
@@ -26,7 +27,7 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -112,8 +113,8 @@ def levels(y: torch.Tensor) -> torch.Tensor:
     return (y.float().clamp(0, 1) * 255).round().cpu()
 
 
-def time_calls(fns: dict[str, Callable[[], object]], device: torch.device, *, min_s: float,
-               max_reps: int) -> dict[str, float]:
+def time_calls(fns: dict[Hashable, Callable[[], object]], device: torch.device, *,
+               min_s: float, max_reps: int) -> dict[Hashable, float]:
     """Seconds per call of each function: the minimum over repeats after one warm-up call each
     (the minimum, because other load on the machine only ever adds time). The functions take
     turns, so that a burst of other load cannot decide between them."""
@@ -126,7 +127,7 @@ def time_calls(fns: dict[str, Callable[[], object]], device: torch.device, *, mi
 
     for fn in fns.values():
         once(fn)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[Hashable, list[float]] = {name: [] for name in fns}
     reps = 0
     while reps < 2 or (reps < max_reps and sum(map(sum, times.values())) < min_s * len(fns)):
         for name, fn in fns.items():
@@ -155,22 +156,21 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
     alive = [p for p in runners if p not in rejected]
     sizes: list[SizeChoice] = []
 
-    def ms(paths: list[str], side: int, batch: int) -> dict[str, float]:
-        """Forward ms per image of each path; infinite when the batch does not fit in device
-        memory."""
+    def ms(side: int, calls: list[tuple[str, int]]) -> dict[tuple[str, int], float]:
+        """Forward ms per image of each (path, batch), the calls taking turns; infinite when a
+        batch does not fit in device memory."""
         try:
-            x = test_image(side, batch).to(device)
-            seconds = time_calls({p: functools.partial(runners[p], x) for p in paths}, device,
-                                 min_s=min_s, max_reps=max_reps)
-            return {p: 1000 * s / batch for p, s in seconds.items()}
+            seconds = time_calls({(p, b): functools.partial(runners[p], test_image(side, b).to(
+                device)) for p, b in calls}, device, min_s=min_s, max_reps=max_reps)
+            return {(p, b): 1000 * s / b for (p, b), s in seconds.items()}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            return dict.fromkeys(paths, math.inf)
+            return dict.fromkeys(calls, math.inf)
 
     for side in sorted(sides):
         if sizes and time.monotonic() - started > budget_s:
             break
-        path_ms = ms(alive, side, 1)
+        path_ms = {p: t for (p, _), t in ms(side, [(p, 1) for p in alive]).items()}
         best = min(path_ms, key=path_ms.__getitem__)
         alive = [p for p in alive if path_ms[p] <= KEEP_WITHIN * path_ms[best]]
         per_image = {1: path_ms[best]}
@@ -178,9 +178,13 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
         batch = 1
         while batch * 2 <= limit and time.monotonic() - started < budget_s:
             batch *= 2
-            cost = ms([best], side, batch)[best]
+            # batch 1 again, in turns with this batch: a burst of load must not make a batch
+            # look cheaper (on a CPU a wrong batch > 1 costs a lone request the batch window)
+            timed = ms(side, [(best, 1), (best, batch)])
+            cost = timed[best, batch]
             if cost == math.inf:
                 break
+            per_image[1] = min(per_image[1], timed[best, 1])
             per_image[batch] = cost
             if cost > BATCH_GAIN * min(per_image[b] for b in per_image if b < batch):
                 break

@@ -149,6 +149,24 @@ def test_measure_picks_the_fastest_accurate_path_and_the_batch_where_cost_stops_
     assert choice.path_ms == {"good": 10.0, "slow": 50.0}
 
 
+def test_batch_1_is_timed_again_beside_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst of load during the first batch-1 timing must not make batch 2 look cheaper."""
+    batch1_calls = []
+
+    def run(x: torch.Tensor) -> float:   # seconds per call, as the fake timer reports them
+        if x.shape[0] == 1:
+            batch1_calls.append(1)
+            return 0.020 if len(batch1_calls) == 1 else 0.010
+        return 0.0099 * x.shape[0]       # 9.9 ms per image: under 3 % cheaper than 10
+
+    monkeypatch.setattr(policies, "time_calls",
+                        lambda fns, device, **_: {k: f() for k, f in fns.items()})
+    p = policies.measure({"p": run}, {"p": 0.0}, torch.device("cpu"), [32], base="p",
+                         max_batch=2, max_pixels=1 << 30, budget_s=60)
+    assert p.sizes[0].per_image_ms == {1: 10.0, 2: 9.9}
+    assert p.sizes[0].max_batch == 1
+
+
 def test_measure_keeps_batch_1_when_batches_cost_more_and_respects_the_pixel_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
     costs = {("cpu", 1): 100.0, ("cpu", 2): 101.0, ("cpu", 4): 120.0,
