@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import statistics
 import time
@@ -33,7 +34,7 @@ from PIL import Image
 from torch import nn
 
 from bench.machine import caption, describe, load_average, wait_until_quiet
-from service.execution import OpenVinoRunner, export_onnx_bytes, native_bf16
+from service.execution import OnnxRunner, OpenVinoRunner, export_onnx_bytes, native_bf16
 from service.rewrite import rewrite
 from train.architectures import build
 
@@ -165,40 +166,30 @@ def cuda_graph_runner(net: nn.Module, x: torch.Tensor) -> Runner:
     return run
 
 
-def onnx_runner(model: bytes, x: torch.Tensor, threads: int = 0) -> Runner:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # as the service
-    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    feed = {"image": x.cpu().numpy()}
-    return lambda: torch.from_numpy(session.run(None, feed)[0])
-
-
-def openvino_runner(runner: OpenVinoRunner, x: torch.Tensor, threads: int = 0) -> Runner:
-    feed = {"image": x.cpu().numpy()}
-    threads = threads or torch.get_num_threads()
-    return lambda: torch.from_numpy(runner.request(threads).infer(feed)[0])
-
-
 def export_paths(net: nn.Module, paths: list[str]) -> dict[str, Exported]:
-    """The exported paths that can run here: each exports the network (or its rewrite) once,
-    and its runners, one per input and thread count, share that export."""
+    """The exported paths that can run here, on the service's own runners: the network and its
+    rewrite are each exported once, and every runner of that export (one per input and thread
+    count) shares it."""
+    exports: dict[bool, bytes] = {}
     out: dict[str, Exported] = {}
     for path in paths:
-        fp32 = rewrite(net) if "rewrite" in path else net
+        rewritten = path.endswith("_rewrite")
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if path.startswith("onnx"):
-                model = export_onnx_bytes(fp32)
-                out[path] = lambda x, threads, model=model: onnx_runner(model, x, threads)
-            else:
-                ov = OpenVinoRunner(fp32)
-                out[path] = lambda x, threads, ov=ov: openvino_runner(ov, x, threads)
+            if rewritten not in exports:
+                exports[rewritten] = export_onnx_bytes(rewrite(net) if rewritten else net)
+            runner = (OnnxRunner if path.startswith("onnx") else OpenVinoRunner)(
+                exports[rewritten])
+            out[path] = functools.partial(exported_runner, runner)
     return out
+
+
+def exported_runner(runner: OnnxRunner | OpenVinoRunner, x: torch.Tensor, threads: int
+                    ) -> Runner:
+    """One forward pass of `x` on `runner`, on `threads` threads (0: all)."""
+    feed = {"image": x.cpu().numpy()}
+    threads = threads or torch.get_num_threads()
+    return lambda: torch.from_numpy(runner.run(feed, threads))
 
 
 def levels(y: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import io
 import logging
@@ -113,16 +114,25 @@ def export_onnx_bytes(module: nn.Module, styles: int = 0) -> bytes:
         return export_onnx(module, Path(tmp) / "net.onnx").read_bytes()
 
 
-class OnnxRunner:
-    """ONNX Runtime on the CPU. One session per thread count (`use_threads`); for a share of
-    the threads between 1 and all, one per calling thread, so that concurrent lanes never share
-    an intra-op pool (with all threads the pass runs alone)."""
+def _feed(x: torch.Tensor, mix: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """The inputs of an exported network (`export_onnx_bytes`) as numpy arrays."""
+    feed = {"image": x.float().cpu().numpy()}
+    if mix:
+        feed["mix"] = mix[0].float().cpu().numpy()
+    return feed
 
-    def __init__(self, module: nn.Module, styles: int = 0) -> None:
-        import onnxruntime  # optional: the `onnx` extra
+
+class OnnxRunner:
+    """ONNX Runtime on the CPU, running `model` (`export_onnx_bytes`). One session per thread
+    count (`use_threads`); for a share of the threads between 1 and all, one per calling
+    thread, so that concurrent lanes never share an intra-op pool (with all threads the pass
+    runs alone)."""
+
+    def __init__(self, model: bytes) -> None:
+        import onnxruntime  # optional: the `cpu` extra
 
         self._ort = onnxruntime
-        self._model = export_onnx_bytes(module, styles)
+        self._model = model
         self._all = torch.get_num_threads()
         self._sessions: dict[tuple[int, int], Any] = {}
         self._lock = threading.Lock()
@@ -143,25 +153,27 @@ class OnnxRunner:
                     self._model, opts, providers=["CPUExecutionProvider"])
             return self._sessions[key]
 
+    def run(self, feed: dict[str, Any], threads: int) -> Any:
+        """The output array for the numpy inputs `feed`, on `threads` threads."""
+        return self.session(threads).run(None, feed)[0]
+
     def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
-        feed = {"image": x.float().numpy()}
-        if mix:
-            feed["mix"] = mix[0].float().cpu().numpy()
-        return torch.from_numpy(self.session(current_threads()).run(None, feed)[0])
+        return torch.from_numpy(self.run(_feed(x, mix), current_threads()))
 
 
 class OpenVinoRunner:
-    """OpenVINO on the CPU, from the same ONNX export: its fused kernels (convolution with the
-    next element-wise layers, instance norm as one pass) ran the rewritten networks 1.4-2.6x
-    faster than ONNX Runtime on 2 AVX-512 cores (`bench/results/model-cpu.json`). Each calling
-    thread compiles its own model per thread count: requests of one compiled model run one at
-    a time, so concurrent lanes would otherwise take turns."""
+    """OpenVINO on the CPU, running the same ONNX export as `OnnxRunner`: its fused kernels
+    (convolution with the next element-wise layers, instance norm as one pass) ran the
+    rewritten networks 1.4-2.6x faster than ONNX Runtime on 2 AVX-512 cores
+    (`bench/results/model-cpu.json`). Each calling thread compiles its own model per thread
+    count: requests of one compiled model run one at a time, so concurrent lanes would
+    otherwise take turns."""
 
-    def __init__(self, module: nn.Module, styles: int = 0) -> None:
+    def __init__(self, model: bytes) -> None:
         import openvino  # optional: the `cpu` extra
 
         self._core = openvino.Core()
-        self._model = self._core.read_model(export_onnx_bytes(module, styles), b"")
+        self._model = self._core.read_model(model, b"")
         self._requests = threading.local()
 
     def request(self, threads: int) -> Any:
@@ -176,12 +188,13 @@ class OpenVinoRunner:
             }).create_infer_request()
         return mine[threads]
 
+    def run(self, feed: dict[str, Any], threads: int) -> Any:
+        """The output array for the numpy inputs `feed`, on `threads` threads (a copy:
+        infer() does not share its output buffer by default)."""
+        return self.request(threads).infer(feed)[0]
+
     def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
-        feed = {"image": x.float().numpy()}
-        if mix:
-            feed["mix"] = mix[0].float().cpu().numpy()
-        out = self.request(current_threads()).infer(feed)[0]
-        return torch.from_numpy(out)    # infer() copies the output (share_outputs=False)
+        return torch.from_numpy(self.run(_feed(x, mix), current_threads()))
 
 
 def native_bf16() -> bool:
@@ -245,10 +258,11 @@ def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
     else:
         if dtype_setting in ("auto", "float32"):
             runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
+            exported = functools.cache(lambda: export_onnx_bytes(fast, styles))   # once, shared
             if installed("onnxruntime"):
-                runners["onnx_rewrite"] = lambda: OnnxRunner(fast, styles)
+                runners["onnx_rewrite"] = lambda: OnnxRunner(exported())
             if installed("openvino"):
-                runners["openvino_rewrite"] = lambda: OpenVinoRunner(fast, styles)
+                runners["openvino_rewrite"] = lambda: OpenVinoRunner(exported())
         if dtype_setting == "auto" and native_bf16():
             runners["bf16_autocast"] = lambda: TorchRunner(module, torch.float32,
                                                            autocast=torch.bfloat16)

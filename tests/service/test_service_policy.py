@@ -18,6 +18,7 @@ from service.execution import (
     OpenVinoRunner,
     TorchRunner,
     candidates,
+    export_onnx_bytes,
     installed,
     use_threads,
 )
@@ -84,7 +85,7 @@ def test_exported_runners_are_one_graph_for_every_size_and_thread_count(runner_t
         pytest.skip(f"needs {package}")
     torch.manual_seed(1)
     net = rewrite(NETWORKS["style reflect"]().eval())
-    runner = runner_type(net)
+    runner = runner_type(export_onnx_bytes(net))
     for threads, shape in [(1, (1, 3, 16, 16)), (2, (2, 3, 21, 13)), (1, (1, 3, 40, 28))]:
         x = torch.rand(*shape)
         use_threads(threads)
@@ -101,7 +102,7 @@ def test_exported_runners_are_one_graph_for_every_size_and_thread_count(runner_t
 
 @pytest.mark.skipif(not installed("openvino"), reason="needs openvino")
 def test_openvino_runner_keeps_one_request_per_thread() -> None:
-    runner = OpenVinoRunner(rewrite(NETWORKS["sr x4"]().eval()))
+    runner = OpenVinoRunner(export_onnx_bytes(rewrite(NETWORKS["sr x4"]().eval())))
     mine = runner.request(1)
     assert runner.request(1) is mine
     theirs: list = []
