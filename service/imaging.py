@@ -172,18 +172,20 @@ def pad_to(rgb: np.ndarray, min_side: int) -> np.ndarray:
 
 def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> bytes:
     """Encode RGB(A) uint8 pixels as png, jpeg or webp."""
-    im = Image.fromarray(rgb)
+    mask = None
     if alpha is not None:
         mask = Image.fromarray(alpha)
-        if mask.size != im.size:
-            mask = mask.resize(im.size, Image.Resampling.BICUBIC)
+        if mask.size != (rgb.shape[1], rgb.shape[0]):
+            mask = mask.resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.BICUBIC)
+    if fmt == "png":   # straight from the array: no copy into Pillow and back
+        return png(rgb if mask is None else np.dstack([rgb, np.asarray(mask)]))
+    im = Image.fromarray(rgb)
+    if mask is not None:
         if fmt == "jpeg":
             white = Image.new("RGB", im.size, (255, 255, 255))
             im = Image.composite(im, white, mask)
         else:
             im.putalpha(mask)
-    if fmt == "png":
-        return png(np.asarray(im))
     buf = io.BytesIO()
     if fmt == "jpeg":
         im.save(buf, "JPEG", quality=quality)
