@@ -22,6 +22,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from isal import isal_zlib
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
@@ -201,8 +202,9 @@ def png(pixels: np.ndarray) -> bytes:
     most of the service's own time per request at 256².
 
     Every row gets PNG's `Up` filter (the difference from the row above, one numpy subtraction
-    for the whole image), then zlib at level 1 with run-length matching only. Pillow tries the
-    five filters on every row and takes 2-3x as long, for files about 10 % smaller.
+    for the whole image), then ISA-L's deflate at level 1. Pillow tries the five filters on
+    every row and takes 2-3x as long; zlib's fastest setting (level 1, run-length matching
+    only) takes 3x as long as ISA-L, for files 5 % larger.
     """
     h, w, channels = pixels.shape
     rows = pixels.reshape(h, w * channels)
@@ -210,8 +212,7 @@ def png(pixels: np.ndarray) -> bytes:
     filtered[:, 0] = 2                                    # filter type: Up
     filtered[0, 1:] = rows[0]                             # the row above the first is zeros
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])   # modulo 256, as PNG wants
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
-    data = deflate.compress(filtered) + deflate.flush()
+    data = isal_zlib.compress(filtered, 1)
     colour_type = {3: 2, 4: 6}[channels]                  # truecolour, truecolour with alpha
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
     return b"".join([b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", data),

@@ -31,7 +31,7 @@ from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
 from service.singleflight import SingleFlight
 from service.tiling import ImageNorm, TileConfig, has_instance_norm, run_tiled_async
 
-PIPELINE_VERSION = 3  # bump when decoding/encoding changes the bytes, to invalidate caches
+PIPELINE_VERSION = 4  # bump when decoding/encoding changes the bytes, to invalidate caches
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ def test_service(tmp_path: Path) -> None:
     assert bench_service.main([
         "--device", "cpu", "--size", "32", "--mixed", "", "--concurrency", "1,2",
         "--configs", "fixed", "--duration-s", "0.2", "--warmup-s", "0.2", "--min-done", "2",
-        "--raw-min-s", "0", "--raw-policy", "fixed", "--out", str(out)]) == 0
+        "--raw-min-s", "0", "--raw-policy", "fixed", "--pairs", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result["machine"]) >= MACHINE and result["levels"] == [1, 2]
     assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["raw"]["sizes"]["32"])
@@ -71,6 +71,10 @@ def test_service(tmp_path: Path) -> None:
     assert result["sweeps"]["fixed"]["policy"]["source"] == "fixed"
     for timing in ("raw", "raw_after"):    # before and after the one-size run
         assert {"batch1_latency_ms", "best_images_per_s"} <= set(result["sweeps"]["fixed"][timing])
+    turns = result["sweeps"]["fixed"]["one_client_in_turns"]
+    assert turns["pairs"] == 3
+    assert turns["p50_minus_raw_ms"] == pytest.approx(turns["http_p50_ms"]
+                                                      - turns["raw_batch1_p50_ms"])
     assert {"errors_total", "zero_errors_met"} <= set(result["targets"])
 
 
