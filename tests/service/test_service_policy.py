@@ -117,13 +117,16 @@ def test_timed_paths_take_turns() -> None:
     fns = {name: (lambda name=name: order.append(name)) for name in ("a", "b")}
     seconds = policies.time_calls(fns, torch.device("cpu"), min_s=0, max_reps=5)
     assert order == ["a", "b"] * 3          # one warm-up call each, then two rounds
+    order.clear()
+    policies.time_calls(fns, torch.device("cpu"), min_s=0, max_reps=5, min_reps=4)
+    assert order == ["a", "b"] * 5
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
 
 
 def fake_timer(costs: dict[tuple[str, int], float]):  # noqa: ANN201
     """time_calls stand-in: seconds per call from (path, batch), read off the runner's name."""
 
-    def time_calls(fns, device, *, min_s, max_reps) -> dict[str, float]:  # noqa: ANN001
+    def time_calls(fns, device, **limits) -> dict[str, float]:  # noqa: ANN001
         return {name: fn() for name, fn in fns.items()}
 
     def runner(path: str):  # noqa: ANN202
