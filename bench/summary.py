@@ -120,7 +120,10 @@ def service_part(doc: dict | None) -> str:
             f"own code, no HTTP) in the same run{bracket}: {t['raw_best_images_per_s']:.2f} "
             f"images/s at best, {t['raw_batch1_latency_ms']:.1f} ms at batch 1. The 1-client "
             f"target compares requests and raw forwards taken in turns, seconds apart: this "
-            f"machine's speed drifts by tens of percent within minutes.\n\n"
+            f"machine's speed drifts by tens of percent within minutes"
+            + (f" (the sweep's 1-client p50 against those raw timings: "
+               f"{t['conc1_sweep_p50_minus_raw_batch1_ms']:+.1f} ms)"
+               if "conc1_sweep_p50_minus_raw_batch1_ms" in t else "") + ".\n\n"
             + "\n".join(rows) + "\n\n" + "\n".join(goals))
 
 

@@ -204,7 +204,7 @@ def png(pixels: np.ndarray) -> bytes:
     Every row gets PNG's `Up` filter (the difference from the row above, one numpy subtraction
     for the whole image), then ISA-L's deflate at level 1. Pillow tries the five filters on
     every row and takes 2-3x as long; zlib's fastest setting (level 1, run-length matching
-    only) takes 3x as long as ISA-L, for files 5 % larger.
+    only) takes 3x as long as ISA-L, for files of about the same size.
     """
     h, w, channels = pixels.shape
     rows = pixels.reshape(h, w * channels)

@@ -230,6 +230,8 @@ def test_bench_block_matches_the_results():
                 assert_cell(row[str(r["concurrency"])], [r["throughput_per_s"]])
         t = doc["targets"]
         assert f"{t['raw_batch1_latency_ms']:.1f} ms at batch 1" in text
+        turns = doc["sweeps"]["measured"]["one_client_in_turns"]
+        assert f"{turns['http_p50_ms']:.1f} against {turns['raw_batch1_p50_ms']:.1f} ms" in text
         shown = {}
         for row in targets:          # keyed by the number of clients, or "no errors"
             m = re.search(r"at (\d+) clients?", row["target"])
