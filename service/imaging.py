@@ -198,8 +198,8 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) ->
 
 
 def png(pixels: np.ndarray) -> bytes:
-    """(H, W, 3 or 4) uint8 pixels as an 8-bit RGB(A) PNG, written for speed: the encode is
-    most of the service's own time per request at 256².
+    """(H, W, 3 or 4) uint8 pixels as an 8-bit RGB(A) PNG, written for speed: every request
+    for PNG output waits for it.
 
     Every row gets PNG's `Up` filter (the difference from the row above, one numpy subtraction
     for the whole image), then ISA-L's deflate at level 1. Pillow tries the five filters on

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.routing import APIRoute
 from PIL import Image
 
 from model_store import SHIPPED_ROOT
@@ -17,6 +19,7 @@ from service.cache import MemoryCache, RedisCache, cache_key, make_cache
 from service.deps import negotiate
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
 from service.metrics import Metrics
+from service.routes import transform
 from service.settings import Settings, get_settings
 from service.singleflight import SingleFlight
 from tests.helpers import images
@@ -225,3 +228,20 @@ def test_settings_class_is_the_contract() -> None:
             "max_batch_pixels", "queue_limit", "request_timeout_s", "max_body_bytes",
             "max_pixels", "cache_bytes", "cache_ttl_s", "cache_max_value_bytes", "redis_url",
             "drain_timeout_s", "host", "port", "log_level"} <= fields
+
+
+def test_transform_routes_have_no_dependency_for_the_thread_pool() -> None:
+    """FastAPI runs a plain `def` dependency on its thread pool: a thread hop on every
+    request (service/deps.py)."""
+    def calls(dependant):  # noqa: ANN001, ANN202
+        for d in dependant.dependencies:
+            yield d.call
+            yield from calls(d)
+
+    routes = [r for r in transform.router.routes if isinstance(r, APIRoute)]
+    assert {r.path for r in routes} == {"/v1/stylize", "/v1/superres"}
+    for route in routes:
+        found = list(calls(route.dependant))
+        assert len(found) >= 4
+        assert [c.__name__ for c in found if not (inspect.iscoroutinefunction(c)
+                                                  or inspect.isasyncgenfunction(c))] == []
