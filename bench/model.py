@@ -34,7 +34,13 @@ from PIL import Image
 from torch import nn
 
 from bench.machine import caption, describe, load_average, wait_until_quiet
-from service.execution import OnnxRunner, OpenVinoRunner, export_onnx_bytes, native_bf16
+from service.execution import (
+    ExportedRunner,
+    OnnxRunner,
+    OpenVinoRunner,
+    export_onnx_bytes,
+    native_bf16,
+)
 from service.rewrite import rewrite
 from train.architectures import build
 
@@ -184,12 +190,10 @@ def export_paths(net: nn.Module, paths: list[str]) -> dict[str, Exported]:
     return out
 
 
-def exported_runner(runner: OnnxRunner | OpenVinoRunner, x: torch.Tensor, threads: int
-                    ) -> Runner:
+def exported_runner(runner: ExportedRunner, x: torch.Tensor, threads: int) -> Runner:
     """One forward pass of `x` on `runner`, on `threads` threads (0: all)."""
-    feed = {"image": x.cpu().numpy()}
     threads = threads or torch.get_num_threads()
-    return lambda: torch.from_numpy(runner.run(feed, threads))
+    return lambda: runner.run(x, threads=threads)
 
 
 def levels(y: torch.Tensor) -> torch.Tensor:

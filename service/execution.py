@@ -114,15 +114,25 @@ def export_onnx_bytes(module: nn.Module, styles: int = 0) -> bytes:
         return export_onnx(module, Path(tmp) / "net.onnx").read_bytes()
 
 
-def _feed(x: torch.Tensor, mix: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    """The inputs of an exported network (`export_onnx_bytes`) as numpy arrays."""
-    feed = {"image": x.float().cpu().numpy()}
-    if mix:
-        feed["mix"] = mix[0].float().cpu().numpy()
-    return feed
+class ExportedRunner:
+    """A runner of the ONNX export (`export_onnx_bytes`): tensors in, a tensor out, on the
+    thread count of the calling thread (`use_threads`) or on `threads` given to `run`."""
+
+    def run(self, x: torch.Tensor, *mix: torch.Tensor, threads: int) -> torch.Tensor:
+        feed = {"image": x.float().cpu().numpy()}
+        if mix:
+            feed["mix"] = mix[0].float().cpu().numpy()
+        return torch.from_numpy(self._infer(feed, threads))
+
+    def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
+        return self.run(x, *mix, threads=current_threads())
+
+    def _infer(self, feed: dict[str, Any], threads: int) -> Any:
+        """The output array for the numpy inputs `feed`."""
+        raise NotImplementedError
 
 
-class OnnxRunner:
+class OnnxRunner(ExportedRunner):
     """ONNX Runtime on the CPU, running `model` (`export_onnx_bytes`). One session per thread
     count (`use_threads`); for a share of the threads between 1 and all, one per calling
     thread, so that concurrent lanes never share an intra-op pool (with all threads the pass
@@ -153,15 +163,11 @@ class OnnxRunner:
                     self._model, opts, providers=["CPUExecutionProvider"])
             return self._sessions[key]
 
-    def run(self, feed: dict[str, Any], threads: int) -> Any:
-        """The output array for the numpy inputs `feed`, on `threads` threads."""
+    def _infer(self, feed: dict[str, Any], threads: int) -> Any:
         return self.session(threads).run(None, feed)[0]
 
-    def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run(_feed(x, mix), current_threads()))
 
-
-class OpenVinoRunner:
+class OpenVinoRunner(ExportedRunner):
     """OpenVINO on the CPU, running the same ONNX export as `OnnxRunner`: its fused kernels
     (convolution with the next element-wise layers, instance norm as one pass) ran the
     rewritten networks 1.4-2.6x faster than ONNX Runtime on 2 AVX-512 cores
@@ -188,13 +194,8 @@ class OpenVinoRunner:
             }).create_infer_request()
         return mine[threads]
 
-    def run(self, feed: dict[str, Any], threads: int) -> Any:
-        """The output array for the numpy inputs `feed`, on `threads` threads (a copy:
-        infer() does not share its output buffer by default)."""
-        return self.request(threads).infer(feed)[0]
-
-    def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.run(_feed(x, mix), current_threads()))
+    def _infer(self, feed: dict[str, Any], threads: int) -> Any:
+        return self.request(threads).infer(feed)[0]   # a copy: outputs are not shared
 
 
 def native_bf16() -> bool:
