@@ -163,9 +163,10 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
         """Forward ms per image of each (path, batch), the calls taking turns; infinite when a
         batch does not fit in device memory."""
         try:
-            seconds = time_calls({(p, b): functools.partial(runners[p], test_image(side, b).to(
-                device)) for p, b in calls}, device, min_s=min_s, max_reps=max_reps,
-                                 min_reps=min_reps)
+            images = {b: test_image(side, b).to(device) for _, b in calls}
+            seconds = time_calls({(p, b): functools.partial(runners[p], images[b])
+                                  for p, b in calls}, device,
+                                 min_s=min_s, max_reps=max_reps, min_reps=min_reps)
             return {(p, b): 1000 * s / b for (p, b), s in seconds.items()}
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
