@@ -176,8 +176,9 @@ def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) ->
     mask = None
     if alpha is not None:
         mask = Image.fromarray(alpha)
-        if mask.size != (rgb.shape[1], rgb.shape[0]):
-            mask = mask.resize((rgb.shape[1], rgb.shape[0]), Image.Resampling.BICUBIC)
+        size = (rgb.shape[1], rgb.shape[0])
+        if mask.size != size:
+            mask = mask.resize(size, Image.Resampling.BICUBIC)
     if fmt == "png":   # straight from the array: no copy into Pillow and back
         return png(rgb if mask is None else np.dstack([rgb, np.asarray(mask)]))
     im = Image.fromarray(rgb)
