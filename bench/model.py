@@ -34,15 +34,15 @@ from PIL import Image
 from torch import nn
 
 from bench.machine import caption, describe, load_average, wait_until_quiet
+from model_store.onnx_export import onnx_bytes
+from nets.architectures import build
 from service.execution import (
     ExportedRunner,
     OnnxRunner,
     OpenVinoRunner,
-    export_onnx_bytes,
     native_bf16,
 )
 from service.rewrite import rewrite
-from train.architectures import build
 
 # The shipped models' architectures (the model store records the same options).
 NETWORKS = {
@@ -183,7 +183,7 @@ def export_paths(net: nn.Module, paths: list[str]) -> dict[str, Exported]:
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if rewritten not in exports:
-                exports[rewritten] = export_onnx_bytes(rewrite(net) if rewritten else net)
+                exports[rewritten] = onnx_bytes(rewrite(net) if rewritten else net)
             runner = (OnnxRunner if path.startswith("onnx") else OpenVinoRunner)(
                 exports[rewritten])
             out[path] = functools.partial(exported_runner, runner)

@@ -3,7 +3,7 @@ under mixed-style load.
 
 Why: separate networks batch only the requests for one style, so with requests spread over six
 styles a batch rarely holds more than one image; a multi-style network (conditional instance
-norm, `train/multistyle_net.py`) batches every style together (service/README.md, "Multi-style
+norm, `nets/multistyle_net.py`) batches every style together (service/README.md, "Multi-style
 network and blends"). The same closed-loop load runs against two configurations of the service
 (a subprocess on 127.0.0.1, cache off):
 

@@ -18,7 +18,7 @@ Task = Literal["style", "superres"]
 class Manifest:
     name: str
     task: Task
-    architecture: str                 # key of train.architectures.ARCHITECTURES
+    architecture: str                 # key of nets.architectures.ARCHITECTURES
     options: dict[str, Any]           # constructor options of that architecture
     sha256: str                       # of model.safetensors
     factor: int | None = None         # super-resolution only

@@ -1,20 +1,26 @@
-"""Export a stored network to ONNX with dynamic batch, height and width, and check it.
+"""Export a network to ONNX with dynamic batch, height and width, and check it: the one exporter,
+used by `python -m model_store export-onnx` and by the service's ONNX Runtime and OpenVINO paths.
 
-The torch.export-based exporter (`dynamo=True`) is used: the legacy TorchScript exporter is
-deprecated. Both trace Python control flow with the example input, which matters for StyleNet:
-its forward pads H and W to a multiple of 4 under `if ph or pw:`. With an example whose sides
-are multiples of 4 the branch is dropped and the graph has no padding at all; it still runs in
-onnxruntime on other sizes but is wrong near the borders (errors of ~100 on a 0-255 scale).
-With an example whose height and width are both *not* multiples of 4 (37x50), the branch is
-kept and the pad amounts stay symbolic (`-h % 4`), so one graph is right for every size (a pad
-of 0 where the side is already a multiple of 4). `verify` runs both kinds of size to prove it.
+torch has two exporters. The TorchScript-based one takes about a second, the torch.export-based
+one (`dynamo=True`) five to fifteen; the service exports at every start, so the first is tried
+first and the second, which will replace it, is the fallback. Both trace Python control flow with
+the example input, which matters for StyleNet: its forward pads H and W to a multiple of 4 under
+`if ph or pw:`. With an example whose sides are multiples of 4 the branch is dropped and the graph
+has no padding at all; it still runs on other sizes but is wrong near the borders (errors of ~100
+on a 0-255 scale). With an example whose height and width are both *not* multiples of 4 (37x50),
+the branch is kept and the pad amounts stay symbolic (`-h % 4`), so one graph is right for every
+size (a pad of 0 where the side is already a multiple of 4). `verify` runs both kinds of size.
 
 A multi-style network (it has `styles`) gets a second input, "mix" (N, S): each image's style
-weights.
+weights, the second argument of its forward.
 """
 
 from __future__ import annotations
 
+import copy
+import io
+import logging
+import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,25 +29,44 @@ import numpy as np
 import torch
 from torch import nn
 
+log = logging.getLogger("model_store.onnx_export")
+
 EXAMPLE_SHAPE = (2, 3, 37, 50)  # batch > 1 and sides not divisible by 4: see the docstring
 VERIFY_SIZES = ((32, 32), (37, 50), (61, 45))  # odd sizes take the padding branch
 DEFAULT_OPSET = 18
 
 
-def export_onnx(net: nn.Module, path: Path | str, opset: int = DEFAULT_OPSET) -> Path:
-    """Write `net` (eval mode, fp32, CPU) as ONNX: input "image" (N, 3, H, W) in [0, 1] (and
-    "mix" (N, S) for a multi-style network)."""
-    net = net.float().cpu().eval()
-    dynamic = torch.export.Dim.DYNAMIC
-    path = Path(path)
+def onnx_bytes(net: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
+    """`net` as ONNX (float32, CPU): input "image" (N, 3, H, W) in [0, 1] (and "mix" (N, S)
+    for a multi-style network), output "output"."""
+    net = copy.deepcopy(net).float().cpu().eval()
     example, names = _example(net, EXAMPLE_SHAPE)
+    dims = {0: "batch", 2: "height", 3: "width"}
+    axes = {"image": dims, "mix": {0: "batch"}, "output": dims}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():   # the TorchScript exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, example, buf, input_names=names, output_names=["output"],
+                              dynamo=False, opset_version=opset,
+                              dynamic_axes={n: axes[n] for n in [*names, "output"]})
+        return buf.getvalue()
+    except Exception as e:  # the TorchScript exporter may go away in a later torch
+        log.info("TorchScript ONNX export failed (%s); using torch.export", e)
+    dynamic = torch.export.Dim.DYNAMIC
     shapes = ({0: dynamic, 2: dynamic, 3: dynamic}, {0: dynamic})[:len(example)]
-    with warnings.catch_warnings():  # MultiStyleNet hands `mix` to its norm layers as attributes
-        warnings.filterwarnings("ignore", message="The tensor attributes")
-        torch.onnx.export(
-            net, example, str(path), dynamo=True, verbose=False, opset_version=opset,
-            input_names=names, output_names=["output"], dynamic_shapes=shapes,
-            external_data=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "net.onnx"
+        torch.onnx.export(net, example, str(path), dynamo=True, verbose=False,
+                          opset_version=opset, input_names=names, output_names=["output"],
+                          dynamic_shapes=shapes, external_data=False)
+        return path.read_bytes()
+
+
+def export_onnx(net: nn.Module, path: Path | str, opset: int = DEFAULT_OPSET) -> Path:
+    """Write `net` as ONNX (`onnx_bytes`) to `path`."""
+    path = Path(path)
+    path.write_bytes(onnx_bytes(net, opset))
     return path
 
 

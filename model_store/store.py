@@ -15,6 +15,7 @@ from torch import nn
 
 from model_store.errors import DigestMismatch, InvalidManifest, ModelNotFound, StoreError
 from model_store.manifest import Manifest
+from nets.architectures import build
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -23,11 +24,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_name(name: str) -> str:
@@ -71,8 +69,6 @@ class ModelStore:
 
     def load(self, name: str) -> tuple[nn.Module, Manifest]:
         """The network in eval mode, fp32 on the CPU, after checking the weights' sha256."""
-        from train.architectures import build  # the store depends on train, never the reverse
-
         manifest = self.manifest(name)
         weights = self._dir(name) / WEIGHTS
         if not weights.is_file():

@@ -20,16 +20,15 @@ import contextlib
 import copy
 import functools
 import importlib.util
-import io
 import logging
 import threading
-import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
 from torch import nn
 
+from model_store.onnx_export import onnx_bytes
 from service.rewrite import rewrite
 
 log = logging.getLogger("service.execution")
@@ -56,67 +55,26 @@ def current_threads() -> int:
 
 
 class TorchRunner:
-    """`module` under inference mode, in `dtype` (or float32 under bfloat16 autocast).
-
-    A multi-style network's forward hands the style weights to its norm layers as attributes,
-    so passes with weights run one at a time on a module (the batcher's lanes may overlap)."""
+    """`module` under inference mode, in `dtype` (or float32 under bfloat16 autocast)."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype, *, channels_last: bool = False,
                  autocast: torch.dtype | None = None) -> None:
         self.module, self.dtype = module, dtype
         self.channels_last, self.autocast = channels_last, autocast
-        self._mix_lock = threading.Lock()
 
     def __call__(self, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
         cast = (torch.autocast(x.device.type, dtype=self.autocast) if self.autocast
                 else contextlib.nullcontext())
-        with torch.inference_mode(), cast, (self._mix_lock if mix else contextlib.nullcontext()):
+        with torch.inference_mode(), cast:
             x = x.to(self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.module(x, *mix)
 
 
-def export_onnx_bytes(module: nn.Module, styles: int = 0) -> bytes:
-    """The network as ONNX with dynamic batch, height and width (float32, CPU); a multi-style
-    network of `styles` styles has a second input, `mix` (N, styles).
-
-    The TorchScript-based exporter takes about a second, the torch.export-based one of
-    `model_store.onnx_export` five to fifteen: this runs at every start, so the fast one first.
-    The example's sides are not multiples of 4 so that StyleNet's padding branch stays in the
-    graph with symbolic amounts (see model_store/onnx_export.py).
-    """
-    module = copy.deepcopy(module).float().cpu().eval()
-    example: tuple[torch.Tensor, ...] = (torch.rand(2, 3, 37, 50),)
-    buf = io.BytesIO()
-    dims = {0: "batch", 2: "height", 3: "width"}
-    names, axes = ["image"], {"image": dims, "output": dims}
-    if styles:
-        example += (torch.softmax(torch.rand(2, styles), 1),)
-        names.append("mix")
-        axes["mix"] = {0: "batch"}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, buf, input_names=names,
-                              output_names=["output"], dynamo=False, opset_version=17,
-                              dynamic_axes=axes)
-        return buf.getvalue()
-    except Exception as e:  # the legacy exporter may go away in a later torch
-        if styles:
-            raise
-        log.info("TorchScript ONNX export failed (%s); using torch.export", e)
-    import tempfile
-    from pathlib import Path
-
-    from model_store.onnx_export import export_onnx
-    with tempfile.TemporaryDirectory() as tmp:
-        return export_onnx(module, Path(tmp) / "net.onnx").read_bytes()
-
-
 class ExportedRunner:
-    """A runner of the ONNX export (`export_onnx_bytes`): tensors in, a tensor out, on the
-    thread count of the calling thread (`use_threads`) or on `threads` given to `run`."""
+    """A runner of the ONNX export (`onnx_bytes`): tensors in, a tensor out, on the thread
+    count of the calling thread (`use_threads`) or on `threads` given to `run`."""
 
     def run(self, x: torch.Tensor, *mix: torch.Tensor, threads: int) -> torch.Tensor:
         feed = {"image": x.float().cpu().numpy()}
@@ -133,8 +91,8 @@ class ExportedRunner:
 
 
 class OnnxRunner(ExportedRunner):
-    """ONNX Runtime on the CPU, running `model` (`export_onnx_bytes`). One session per thread
-    count (`use_threads`); for a share of the threads between 1 and all, one per calling
+    """ONNX Runtime on the CPU, running `model` (`onnx_bytes`). One session per thread count
+    (`use_threads`); for a share of the threads between 1 and all, one per calling
     thread, so that concurrent lanes never share an intra-op pool (with all threads the pass
     runs alone)."""
 
@@ -218,18 +176,18 @@ def base_path(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-               loaded_dtype: torch.dtype, only: Collection[str] | None = None,
-               styles: int = 0) -> dict[str, Runner]:
+               loaded_dtype: torch.dtype, only: Collection[str] | None = None
+               ) -> dict[str, Runner]:
     """The paths worth measuring besides `base_path` (which runs `module` itself), or those of
     them named in `only`.
 
-    `module` is on `device` in `loaded_dtype`; `styles`: the number of styles of a multi-style
-    network (its runners take the style weights too). An explicit dtype setting limits the
-    candidates to that dtype; `auto` tries them all.
+    `module` is on `device` in `loaded_dtype` (a multi-style network's runners take the style
+    weights too). An explicit dtype setting limits the candidates to that dtype; `auto` tries
+    them all.
     """
     runners: dict[str, Runner] = {}
     for name, build in _candidates(module, device, dtype_setting, loaded_dtype,
-                                   lambda name: only is None or name in only, styles).items():
+                                   lambda name: only is None or name in only).items():
         try:
             runners[name] = build()
         except Exception as e:  # never fail a start over an optional path
@@ -238,8 +196,8 @@ def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
 
 
 def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-                loaded_dtype: torch.dtype, wanted: Callable[[str], bool],
-                styles: int) -> dict[str, Callable[[], Runner]]:
+                loaded_dtype: torch.dtype, wanted: Callable[[str], bool]
+                ) -> dict[str, Callable[[], Runner]]:
     """Name -> builder of each candidate `wanted`, so that unwanted ones cost nothing."""
     fast = rewrite(copy.deepcopy(module).float())   # weights re-arranged in float32
     runners: dict[str, Callable[[], Runner]] = {}
@@ -259,7 +217,7 @@ def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
     else:
         if dtype_setting in ("auto", "float32"):
             runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
-            exported = functools.cache(lambda: export_onnx_bytes(fast, styles))   # once, shared
+            exported = functools.cache(lambda: onnx_bytes(fast))   # once, shared
             if installed("onnxruntime"):
                 runners["onnx_rewrite"] = lambda: OnnxRunner(exported())
             if installed("openvino"):

@@ -18,10 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import threading
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,9 +71,6 @@ class LoadedModel:
     dtype: torch.dtype
     policy: ModelPolicy = field(default_factory=lambda: policies.fixed_policy("base", 8))
     runners: dict[str, execution.Runner] = field(default_factory=dict)  # other paths in use
-    # MultiStyleNet.forward hands the style weights to its norm layers as attributes, so two
-    # passes at once on one module (the batcher's lanes) would swap weights: one at a time.
-    _mix_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def task(self) -> str:
@@ -106,7 +101,7 @@ class LoadedModel:
         """The base path: `module` as loaded (looked up at each call, so it can be swapped).
         channels_last on CUDA; on the CPU it is slower with instance norm (bench model).
         `mix`: a multi-style network's (N, S) style weights."""
-        with torch.inference_mode(), (self._mix_lock if mix is not None else nullcontext()):
+        with torch.inference_mode():
             x = x.to(self.dtype)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -228,7 +223,7 @@ class Registry:
         paths: dict[str, execution.Runner] = {
             self.base_path: model.run_module, **execution.candidates(
                 model.module, self.device, self.dtype_setting, self.dtype,
-                only=None if first is None else first.policy.paths(), styles=styles)}
+                only=None if first is None else first.policy.paths())}
         if self.device.type == "cpu" and self.dtype == torch.float32:
             reference = paths[self.base_path]  # float32 on the CPU already: the reference itself
         else:

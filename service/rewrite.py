@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import Conv
+from nets.layers import Conv
 
 
 def _pad_mode(conv: nn.Conv2d) -> str:

@@ -6,7 +6,7 @@ non-negative, normalised to sum to 1 and rounded to `WEIGHT_DECIMALS` places, so
 dropped.
 
 Which network: a blend (two or more styles with weight) needs one multi-style network
-(`train/multistyle_net.py`) that holds every style named, and mixes their normalisation
+(`nets/multistyle_net.py`) that holds every style named, and mixes their normalisation
 parameters. One style goes to its own network or to a multi-style network holding it, as the
 `style_backend` setting prefers ("single" or "multi"), falling back to the other.
 """

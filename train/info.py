@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 
 OUTPUT_SIDES = (256, 512, 1024)
 

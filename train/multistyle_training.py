@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nets.multistyle_net import MultiStyleNet
 from train import data, distributed, loop
 from train.config import MultiStyleConfig, StyleConfig, add_arguments, from_args
 from train.losses import pixel_loss
-from train.multistyle_net import MultiStyleNet
 from train.style_training import StyleObjective, load_loss_network, load_style_image
 
 

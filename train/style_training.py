@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.style_net import StyleNet
 from train import data, distributed, loop
 from train.config import StyleConfig, add_arguments, from_args
 from train.losses import feature_loss, gram, style_loss, tv_loss
-from train.style_net import StyleNet
 from train.vgg import LossNetwork
 from train.vgg_weights import resolve
 

@@ -7,12 +7,12 @@ import argparse
 import torch
 from torch import nn
 
+from nets.superres_net import SuperResNet
 from train import data, distributed, loop
 from train.config import SuperResConfig, add_arguments, from_args
 from train.degrade import degrade
 from train.losses import feature_loss, pixel_loss, tv_loss
 from train.style_training import load_loss_network
-from train.superres_net import SuperResNet
 from train.vgg import LossNetwork
 
 

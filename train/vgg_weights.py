@@ -41,11 +41,8 @@ def cache_dir() -> Path:
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def find_keras_vgg19() -> Path | None:

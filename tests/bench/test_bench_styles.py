@@ -12,8 +12,8 @@ import torch
 from bench import styles as bench_styles
 from bench.__main__ import BENCHMARKS
 from model_store import ModelStore
-from train.multistyle_net import MultiStyleNet
-from train.style_net import StyleNet
+from nets.multistyle_net import MultiStyleNet
+from nets.style_net import StyleNet
 
 STYLES = ["a", "b", "c"]
 

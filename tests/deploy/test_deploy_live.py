@@ -42,9 +42,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     import uvicorn
 
     from model_store import ModelStore
+    from nets.style_net import StyleNet
     from service.app import create_app
     from service.settings import Settings
-    from train.style_net import StyleNet
 
     store = tmp_path_factory.mktemp("store")
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def test_image_command_with_overlay_settings_serves_and_drains(overlay, tmp_path
     import torch
 
     from model_store import ModelStore
-    from train.style_net import StyleNet
+    from nets.style_net import StyleNet
 
     objects = render(overlay)
     settings = find(objects, "ConfigMap")["data"]

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from model_store import ModelStore
-from train.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
+from nets.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 
 
 def make_store(root: Path, styles: tuple[str, ...] = ("candy", "udnie"),

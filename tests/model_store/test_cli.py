@@ -12,7 +12,7 @@ import torch
 from model_store import ModelStore
 from model_store.__main__ import main
 from model_store.store import WEIGHTS, sha256_file
-from train.superres_net import SuperResNet
+from nets.superres_net import SuperResNet
 
 REPO = Path(__file__).resolve().parents[2]
 

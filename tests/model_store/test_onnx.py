@@ -8,9 +8,9 @@ import torch
 
 from model_store import ModelStore
 from model_store.__main__ import main
-from train.multistyle_net import MultiStyleNet
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
+from nets.multistyle_net import MultiStyleNet
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

@@ -17,7 +17,7 @@ from model_store import (
     StoreError,
 )
 from model_store.store import MANIFEST, WEIGHTS, sha256_file
-from train.style_net import StyleNet
+from nets.style_net import StyleNet
 
 OPTIONS = {"norm": "instance", "upsample": "resize_conv", "padding": "reflect"}
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from model_store import ModelStore
+from nets.multistyle_net import MultiStyleNet
+from nets.style_net import StyleNet
 from service import errors, execution, styles
 from service.imaging import mix_style
 from service.registry import Registry
@@ -24,8 +26,6 @@ from service.tiling import ImageNorm, run_tiled
 from tests.helpers import images
 from tests.helpers.models import MULTISTYLE_OPTIONS, hold, make_multistyle_store
 from tests.helpers.server import Running, running, until
-from train.multistyle_net import MultiStyleNet
-from train.style_net import StyleNet
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")   # the app fixture's loop
 PNG = {"content-type": "image/png"}
@@ -322,7 +322,7 @@ def test_every_execution_path_takes_the_style_weights(ms_root: Path, direct) -> 
     """The rewrite and its ONNX export (a second input, `mix`) against the network itself, with
     two different rows in one batch."""
     net = networks(ms_root)["multistyle"]
-    paths = execution.candidates(net, torch.device("cpu"), "float32", torch.float32, styles=3)
+    paths = execution.candidates(net, torch.device("cpu"), "float32", torch.float32)
     assert {"rewrite", "onnx_rewrite"} <= set(paths)
     image = images.pixels(37, 50, seed=8)      # sides not multiples of 4: the padding branch
     rows = [[0.0, 0.0, 1.0], [0.5, 0.5, 0.0]]

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from model_store.onnx_export import onnx_bytes
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 from service import policy as policies
 from service.batcher import Batcher
 from service.execution import (
@@ -18,7 +21,6 @@ from service.execution import (
     OpenVinoRunner,
     TorchRunner,
     candidates,
-    export_onnx_bytes,
     installed,
     use_threads,
 )
@@ -27,8 +29,6 @@ from service.registry import LoadedModel
 from service.rewrite import ColumnConv, TransposedUpConv, rewrite
 from tests.helpers import images
 from tests.helpers.server import running, until
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
 
 NETWORKS = {
     "style reflect": lambda: StyleNet(norm="instance", upsample="resize_conv", padding="reflect"),
@@ -85,7 +85,7 @@ def test_exported_runners_are_one_graph_for_every_size_and_thread_count(runner_t
         pytest.skip(f"needs {package}")
     torch.manual_seed(1)
     net = rewrite(NETWORKS["style reflect"]().eval())
-    runner = runner_type(export_onnx_bytes(net))
+    runner = runner_type(onnx_bytes(net))
     for threads, shape in [(1, (1, 3, 16, 16)), (2, (2, 3, 21, 13)), (1, (1, 3, 40, 28))]:
         x = torch.rand(*shape)
         use_threads(threads)
@@ -102,7 +102,7 @@ def test_exported_runners_are_one_graph_for_every_size_and_thread_count(runner_t
 
 @pytest.mark.skipif(not installed("openvino"), reason="needs openvino")
 def test_openvino_runner_keeps_one_request_per_thread() -> None:
-    runner = OpenVinoRunner(export_onnx_bytes(rewrite(NETWORKS["sr x4"]().eval())))
+    runner = OpenVinoRunner(onnx_bytes(rewrite(NETWORKS["sr x4"]().eval())))
     mine = runner.request(1)
     assert runner.request(1) is mine
     theirs: list = []

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from model_store import ModelStore
+from nets.superres_net import SuperResNet
 from train.__main__ import main
 from train.evaluate import hr_and_lr
 from train.metrics import psnr, rgb_to_y, ssim, y_psnr_ssim
-from train.superres_net import SuperResNet
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from torch import nn
 
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 from train.__main__ import main
 from train.info import gflops, measure, parameter_count
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
 
 
 def conv(c_in: int, c_out: int, k: int) -> int:

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 from model_store import ModelStore
+from nets.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
+from nets.style_net import StyleNet
 from train import multistyle_training
 from train.config import MultiStyleConfig
-from train.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
-from train.style_net import StyleNet
 
 OPTIONS = {"norm": "instance", "upsample": "resize_conv", "padding": "reflect"}
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.architectures import build
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
+from nets.architectures import build
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 
 OPTIONS = list(itertools.product(["batch", "instance", "none"], ["transposed", "resize_conv"],
                                  ["zero", "reflect"]))

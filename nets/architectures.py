@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from train.multistyle_net import MultiStyleNet
-from train.style_net import StyleNet
-from train.superres_net import SuperResNet
+from nets.multistyle_net import MultiStyleNet
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "style": StyleNet,

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import Conv, ConvNormReLU, Norm, Padding, ResidualBlock, UpConvNormReLU, Upsample
+from nets.layers import (
+    Conv,
+    ConvNormReLU,
+    Norm,
+    Padding,
+    ResidualBlock,
+    UpConvNormReLU,
+    Upsample,
+    norm_layer,
+)
 
 
 class SuperResNet(nn.Module):
@@ -25,11 +34,12 @@ class SuperResNet(nn.Module):
             raise ValueError(f"unsupported factor {factor}; expected 2, 4 or 8")
         self.factor = factor
         self.residual = residual
-        self.head = ConvNormReLU(3, 64, 9, 1, norm, padding)                      # (N, 64, H, W)
-        self.res = nn.Sequential(*(ResidualBlock(64, norm, padding) for _ in range(4)))
-        self.up = nn.Sequential(*(UpConvNormReLU(64, 64, norm, upsample, padding)
+        nl = norm_layer(norm)
+        self.head = ConvNormReLU(3, 64, 9, 1, nl, padding)                       # (N, 64, H, W)
+        self.res = nn.Sequential(*(ResidualBlock(64, nl, padding) for _ in range(4)))
+        self.up = nn.Sequential(*(UpConvNormReLU(64, 64, nl, upsample, padding)
                                   for _ in range(int(math.log2(factor)))))       # (N, 64, fH, fW)
-        self.out = Conv(64, 3, 9, 1, padding)                                     # (N, 3, fH, fW)
+        self.out = Conv(64, 3, 9, 1, padding)                                    # (N, 3, fH, fW)
         if residual:  # start as plain bicubic upsampling
             nn.init.normal_(self.out.conv.weight, std=1e-3)
             nn.init.zeros_(self.out.conv.bias)

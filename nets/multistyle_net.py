@@ -1,0 +1,60 @@
+"""One network for many styles: conditional instance normalisation (Dumoulin et al. 2017).
+
+The convolutions are shared by every style; each style owns only the scale and shift of each
+normalisation layer. Mixing those parameters blends styles (`style=a:0.7,b:0.3`), and requests
+for different styles run in one batch, since the style is an input, not a weight.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nets.layers import ConditionalInstanceNorm, Padding, Upsample
+from nets.style_net import StyleTable
+
+
+class MultiStyleNet(StyleTable):
+    """StyleNet's layer table (§3.1) with conditional instance norm.
+
+    forward(x, mix): x (N, 3, H, W) in [0, 1]; mix (N, S) style weights, rows summing to 1
+    (a one-hot row is one style). Returns (N, 3, H, W) in [0, 1].
+    """
+
+    def __init__(self, styles: list[str], upsample: Upsample = "resize_conv",
+                 padding: Padding = "reflect") -> None:
+        if not styles or len(set(styles)) != len(styles):
+            raise ValueError(f"styles must be distinct names, got {styles}")
+        norm = functools.partial(ConditionalInstanceNorm, num_styles=len(styles))
+        super().__init__(norm, upsample, padding)
+        self.styles = list(styles)
+
+    def init_from_single(self, single: nn.Module) -> None:
+        """Start every style as a trained single-style StyleNet (same layer table and options):
+        its convolutions, and its instance-norm affine parameters for every style."""
+        state = self.state_dict()
+        for key, value in single.state_dict().items():
+            if key in state and state[key].shape == value.shape:
+                state[key] = value
+                continue
+            base, kind = key.rsplit(".", 1)
+            target = f"{base}.{'scale' if kind == 'weight' else 'shift'}"
+            if target not in state:
+                raise ValueError(f"{key} has no counterpart in MultiStyleNet")
+            state[target] = value.expand_as(state[target]).clone()
+        self.load_state_dict(state)
+
+    def one_hot(self, indices: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(indices, len(self.styles)).float()
+
+    def forward(self, x: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        if mix.shape != (x.shape[0], len(self.styles)):
+            raise ValueError(f"mix must be ({x.shape[0]}, {len(self.styles)}), "
+                             f"got {tuple(mix.shape)}")
+        return self.transform(x, mix)
+
+
+__all__ = ["ConditionalInstanceNorm", "MultiStyleNet"]
