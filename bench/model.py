@@ -34,13 +34,14 @@ from PIL import Image
 from torch import nn
 
 from bench.machine import caption, describe, load_average, wait_until_quiet
+from model_store import data_root
 from model_store.onnx_export import onnx_bytes
 from nets.architectures import build
+from nets.device import native_bf16
 from service.execution import (
     ExportedRunner,
     OnnxRunner,
     OpenVinoRunner,
-    native_bf16,
 )
 from service.rewrite import rewrite
 
@@ -62,7 +63,7 @@ CUDA_PATHS = ["eager_fp32", "channels_last", "fp16", "fp16_cuda_graph", "compile
 SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "openvino_rewrite",
                               "bf16_autocast"],
                       "cuda": ["channels_last", "fp16", "rewrite", "fp16_rewrite"]}
-IMAGES = Path("/work/shared/data/content-images")
+IMAGES = data_root() / "content-images"
 MAX_LEVELS = 1.0
 SETTLE_S = 0.05          # CPU: pause before each timed call (see time_rounds)
 Runner = Callable[[], torch.Tensor]

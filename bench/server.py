@@ -17,8 +17,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from model_store import data_root
+
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = Path("/work/shared/data/photos")
+PHOTOS = data_root() / "photos"
 
 
 def free_port() -> int:

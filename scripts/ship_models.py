@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from model_store import ModelStore
+from model_store import ModelStore, data_root
 from train.data import load_rgb
 
-CONTENT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "content-images"
+CONTENT = data_root() / "content-images"
 MANIFEST_OWN = ("name", "task", "architecture", "options", "sha256", "created", "format_version")
 
 

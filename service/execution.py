@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from model_store.onnx_export import onnx_bytes
+from nets.device import native_bf16
 from service.rewrite import rewrite
 
 log = logging.getLogger("service.execution")
@@ -154,13 +155,6 @@ class OpenVinoRunner(ExportedRunner):
 
     def _infer(self, feed: dict[str, Any], threads: int) -> Any:
         return self.request(threads).infer(feed)[0]   # a copy: outputs are not shared
-
-
-def native_bf16() -> bool:
-    """A CPU whose vector units do bfloat16 (AVX512-BF16 or AMX); elsewhere it is emulated."""
-    with contextlib.suppress(Exception):
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
 
 
 def installed(package: str) -> bool:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from model_store import Manifest, ModelStore
+from nets.device import resolve_device
 from service import execution
 from service import policy as policies
 from service.policy import ModelPolicy
@@ -36,14 +37,6 @@ log = logging.getLogger("service.registry")
 
 MIN_SIDE_PX = 16  # smaller inputs are edge-padded: reflect padding needs a few pixels per side
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available")
-    return torch.device(setting)
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:

@@ -8,14 +8,14 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_store import SHIPPED_ROOT
+from model_store import SHIPPED_ROOT, data_root
 
 MiB = 1024 * 1024
 
 
 def _default_style_images() -> Path | None:
-    """The style paintings of a checkout (<repo>/../shared/data/styles), when present."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "styles"
+    """The style paintings of the shared data folder (`model_store.data_root`), when present."""
+    folder = data_root() / "styles"
     return folder if folder.is_dir() else None
 
 

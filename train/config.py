@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from model_store import data_root
+
 
 def opt(default, help: str, aliases: tuple[str, ...] = ()):  # noqa: A002 - reads like argparse
     return field(default=default, metadata={"help": help, "aliases": aliases})
@@ -15,7 +17,7 @@ def opt(default, help: str, aliases: tuple[str, ...] = ()):  # noqa: A002 - read
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = opt("../shared/data/photos", "folder of training photos (searched recursively)")
+    data: str = opt(str(data_root() / "photos"), "folder of training photos (searched recursively)")
     name: str = opt("", "model name in the store (default: derived from the task)")
     store: str = opt("model_store", "model store folder the trained network is written to")
     iterations: int = opt(40_000, "optimisation steps (the paper: 40k for style)",
@@ -41,7 +43,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StyleConfig(TrainConfig):
-    style_image: str = opt("../shared/data/styles/udnie.jpg", "the style painting y_s")
+    style_image: str = opt(str(data_root() / "styles" / "udnie.jpg"), "the style painting y_s")
     image_size: int = opt(256, "side of the square training crops (the paper: 256)")
     style_size: int = opt(0, "longer side the style image is resized to (0 = image_size)")
     content_weight: float = opt(1.0, "lambda_c of the relu2_2 feature reconstruction loss")
@@ -85,7 +87,7 @@ def from_args(cls: type, args) -> TrainConfig:
 class MultiStyleConfig(StyleConfig):
     styles: str = opt("udnie,candy,mosaic,rain_princess,starry_night,the_wave",
                       "comma-separated style names, one painting <style-dir>/<name>.jpg each")
-    style_dir: str = opt("../shared/data/styles", "folder of the style paintings")
+    style_dir: str = opt(str(data_root() / "styles"), "folder of the style paintings")
     style_weights: str = opt("", "comma list of lambda_s per style (default: --style-weight)")
     teachers: str = opt("", "store of per-style networks to distil from instead of the "
                         "perceptual losses (a pixel loss against the teacher's output)")

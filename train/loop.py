@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
 import sys
 import time
@@ -18,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model_store import Manifest, ModelStore
+from nets.device import native_bf16
 from train import checkpoint
 from train.config import TrainConfig
 from train.distributed import World
@@ -35,23 +35,6 @@ class Result:
     runs: list[dict]           # every run that trained these weights, this one last
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """oneDNN runs bf16 convolutions natively only with AVX-512 BF16 or AMX; elsewhere it
-    emulates them (the style net's step took 20x longer in bf16 on an AVX2 Xeon)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """`auto`: bf16 where the hardware runs it (fp16 on CUDA without bf16), else none."""
     if amp == "none":
@@ -59,7 +42,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "fp16":
         return torch.float16
     if amp == "auto" and device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
+        return torch.bfloat16 if native_bf16() else None
     if amp in ("bf16", "auto"):
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16 if amp == "auto" else torch.bfloat16

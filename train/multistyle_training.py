@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nets.device import resolve_device
 from nets.multistyle_net import MultiStyleNet
 from train import data, distributed, loop
 from train.config import MultiStyleConfig, StyleConfig, add_arguments, from_args
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
 def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
     styles = cfg.styles.split(",")
     name = cfg.name or "multistyle"
-    device = loop.pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     world = distributed.setup(device)
     torch.manual_seed(cfg.seed)
     options = {"styles": styles, "upsample": cfg.upsample, "padding": cfg.padding}

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from bench import summary as bench_summary
-from model_store import SHIPPED_ROOT, ModelStore
+from model_store import SHIPPED_ROOT, ModelStore, data_root
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"    # where CI and the team keep the (read-only) data
+DATA = data_root()
 DOCS = REPO / "docs"
 README = REPO / "README.md"
 BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "gallery")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.device import resolve_device
 from nets.style_net import StyleNet
 from train import data, distributed, loop
 from train.config import StyleConfig, add_arguments, from_args
@@ -68,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
 def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:
     """Train, store (on the main process) and return the network with its training result."""
     name = cfg.name or Path(cfg.style_image).stem
-    device = loop.pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     world = distributed.setup(device)
     torch.manual_seed(cfg.seed)
     options = {"norm": cfg.norm, "upsample": cfg.upsample, "padding": cfg.padding}

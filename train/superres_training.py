@@ -7,6 +7,7 @@ import argparse
 import torch
 from torch import nn
 
+from nets.device import resolve_device
 from nets.superres_net import SuperResNet
 from train import data, distributed, loop
 from train.config import SuperResConfig, add_arguments, from_args
@@ -57,7 +58,7 @@ def run(cfg: SuperResConfig) -> tuple[nn.Module, loop.Result]:
     if cfg.patch_size % cfg.factor:
         raise ValueError(f"--patch-size {cfg.patch_size} must be a multiple of {cfg.factor}")
     name = cfg.name or f"sr_x{cfg.factor}_{cfg.loss}"
-    device = loop.pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     world = distributed.setup(device)
     torch.manual_seed(cfg.seed)
     options = {"factor": cfg.factor, "norm": cfg.norm, "upsample": cfg.upsample,

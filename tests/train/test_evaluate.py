@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from model_store import ModelStore
+from model_store import ModelStore, data_root
 from nets.superres_net import SuperResNet
 from train.__main__ import main
 from train.evaluate import hr_and_lr
 from train.metrics import psnr, rgb_to_y, ssim, y_psnr_ssim
 
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
+DATA = data_root()
 
 
 def test_psnr_by_hand():

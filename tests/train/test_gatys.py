@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from model_store import data_root
 from train import gatys
 from train.__main__ import main
 from train.config import StyleConfig
@@ -18,7 +18,7 @@ from train.losses import feature_loss, style_loss, tv_loss
 from train.vgg import LossNetwork
 from train.vgg_weights import CONVS, export, resolve
 
-DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
+DATA = data_root()
 
 
 def random_vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model_store import ModelStore
+from model_store import ModelStore, data_root
 from train import style_training, superres_training
 from train.config import StyleConfig, SuperResConfig
 
 REPO = Path(__file__).resolve().parents[2]
-STYLE = REPO / ".." / "shared" / "data" / "styles" / "udnie.jpg"
+STYLE = data_root() / "styles" / "udnie.jpg"
 
 
 @pytest.fixture(scope="module")
