@@ -201,7 +201,17 @@ def _enter_backlog(request: Request) -> None:
 
 
 def _multipart_image(content_type: str, body: bytes) -> bytes:
-    """The `image` part of a multipart body, parsed in memory (never through files)."""
+    """The `image` part of a multipart body, parsed in memory (never through files).
+
+    Not Starlette's `request.form(max_files=1, max_part_size=...)` (checked on 1.10), which
+    would change limits and answers: it spools a file part over 1 MB to a temporary file on
+    disk; `max_files` counts every file part, so an extra file field, or a second `image`,
+    gets 400 "Too many files" (here: ignored, and 422); a cut-off upload parses without an
+    error, its last part dropped (here: 400); a non-file `image` part becomes a str capped by
+    `max_part_size`, and loses its content type (here: bytes up to the body limit, and 415);
+    its errors are a bare 400 `HTTPException`, not our codes. It also reads the stream
+    itself, so it cannot run after `read_image`'s bounded, timed read.
+    """
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:

@@ -202,6 +202,14 @@ def bounded_http_protocol(*, max_head_bytes: int, head_timeout_s: float) -> type
     431 past `max_head_bytes`, and answers 408 when a head is not complete `head_timeout_s`
     after the connection opened or the request's first byte arrived. Both close the connection.
     Pass it as `uvicorn.Config(http=...)`.
+
+    Why a subclass of uvicorn's private `HttpToolsProtocol`: no public setting bounds an
+    httptools head. `h11_max_incomplete_event_size` bounds h11's only, and answers a plain-text
+    400; `timeout_keep_alive` is armed only after a response and cancelled by any byte, so a
+    new connection, or a head sent a byte at a time, waits forever; `limit_concurrency` counts
+    connections, not bytes. So pyproject.toml pins uvicorn to the range tested, and
+    tests/service/test_service_http_protocol.py fails if the hooks and attributes used here
+    change.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
