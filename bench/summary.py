@@ -1,6 +1,6 @@
 """The README's quote of the benchmarks: one markdown block from the JSON under bench/results.
 
-`python -m train report readme` writes it between the README's generated:bench markers, and
+`python -m report readme` writes it between the README's generated:bench markers, and
 tests/test_readme_figures.py checks its numbers against the same JSON, so the README never
 says what no command measured. A result that is missing (or an interrupted `bench model`) is
 left out of the block.

@@ -1,9 +1,9 @@
 """Every number in README.md's generated blocks matches the manifest or JSON it came from.
 
-The blocks are written by `python -m train report readme`; this test parses them back without
+The blocks are written by `python -m report readme`; this test parses them back without
 using the report's code, so a stale README (a model retrained, a measurement rerun, a model
 added) or a formatting bug shows here. Paper figures are typed in again from the paper.
-Refresh with: python -m train report {sr,style,speed,gallery} && python -m train report readme
+Refresh with: python -m report {sr,style,speed,gallery} && python -m report readme
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def block(name: str) -> str:
     m = re.search(rf"<!-- BEGIN generated:{name} -->(.*?)<!-- END generated:{name} -->", text,
                   re.S)
     assert m, f"README.md has no generated:{name} block"
-    assert m.group(1).strip(), f"README's {name} block is empty: run python -m train report"
+    assert m.group(1).strip(), f"README's {name} block is empty: run python -m report"
     return m.group(1)
 
 

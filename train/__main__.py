@@ -1,5 +1,5 @@
-"""python -m train {style,superres,multistyle,gatys,eval,info,report}: each subcommand lives in its
-own module."""
+"""python -m train {style,superres,multistyle,gatys,eval,info}: each subcommand lives in its own
+module. The measurements behind the README are `python -m report`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ COMMANDS = {
     "gatys": ("train.gatys", "stylise by optimisation (Gatys et al.), the paper's baseline"),
     "eval": ("train.evaluate", "PSNR/SSIM of bicubic and the shipped SR models on HR images"),
     "info": ("train.info", "parameter counts and GFLOPs of each architecture"),
-    "report": ("train.report", "measurements, gallery and README tables (docs/)"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The measurements behind the README: one module per document under docs/ (`python -m report`)."""
