@@ -30,6 +30,7 @@ system-deps:
 
 test: $(VENV)/.installed system-deps  ## lint, then the whole test suite
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench-model: $(VENV)/.installed

@@ -18,7 +18,6 @@ weights, the second argument of its forward.
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import tempfile
 import warnings
@@ -43,23 +42,22 @@ def onnx_bytes(net: nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
     example, names = _example(net, EXAMPLE_SHAPE)
     dims = {0: "batch", 2: "height", 3: "width"}
     axes = {"image": dims, "mix": {0: "batch"}, "output": dims}
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():   # the TorchScript exporter's deprecation notice
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, example, buf, input_names=names, output_names=["output"],
-                              dynamo=False, opset_version=opset,
-                              dynamic_axes={n: axes[n] for n in [*names, "output"]})
-        return buf.getvalue()
-    except Exception as e:  # the TorchScript exporter may go away in a later torch
-        log.info("TorchScript ONNX export failed (%s); using torch.export", e)
     dynamic = torch.export.Dim.DYNAMIC
-    shapes = ({0: dynamic, 2: dynamic, 3: dynamic}, {0: dynamic})[:len(example)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.onnx"
-        torch.onnx.export(net, example, str(path), dynamo=True, verbose=False,
-                          opset_version=opset, input_names=names, output_names=["output"],
-                          dynamic_shapes=shapes, external_data=False)
+        try:
+            with warnings.catch_warnings():   # the TorchScript exporter's deprecation notice
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, example, str(path), input_names=names,
+                                  output_names=["output"], dynamo=False, opset_version=opset,
+                                  dynamic_axes={n: axes[n] for n in [*names, "output"]})
+        except Exception as e:  # the TorchScript exporter may go away in a later torch
+            log.info("TorchScript ONNX export failed (%s); using torch.export", e)
+            torch.onnx.export(net, example, str(path), dynamo=True, verbose=False,
+                              opset_version=opset, input_names=names, output_names=["output"],
+                              dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},
+                                              {0: dynamic})[:len(example)],
+                              external_data=False)
         return path.read_bytes()
 
 

@@ -55,6 +55,8 @@ class _InstanceNorm(nn.InstanceNorm2d):
 
     def __init__(self, channels: int) -> None:
         super().__init__(channels, affine=False)
+        self.ones: torch.Tensor
+        self.zeros: torch.Tensor
         self.register_buffer("ones", torch.ones(channels), persistent=False)
         self.register_buffer("zeros", torch.zeros(channels), persistent=False)
 
@@ -79,7 +81,7 @@ class Conv(nn.Module):
         super().__init__()
         if padding not in ("zero", "reflect"):
             raise ValueError(f"unknown padding {padding!r}; expected zero or reflect")
-        mode = "zeros" if padding == "zero" else "reflect"
+        mode: Literal["zeros", "reflect"] = "zeros" if padding == "zero" else "reflect"
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, padding_mode=mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

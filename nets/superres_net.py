@@ -42,7 +42,7 @@ class SuperResNet(nn.Module):
         self.out = Conv(64, 3, 9, 1, padding)                                    # (N, 3, fH, fW)
         if residual:  # start as plain bicubic upsampling
             nn.init.normal_(self.out.conv.weight, std=1e-3)
-            nn.init.zeros_(self.out.conv.bias)
+            nn.init.zeros_(self.out.conv.bias)  # type: ignore[arg-type]  # Conv2d has a bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.out(self.up(self.res(self.head(x))))

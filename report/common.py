@@ -71,13 +71,13 @@ def machine_line(m: dict[str, Any]) -> str:
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {path}")  # noqa: T201
+    print(f"wrote {path}")
 
 
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    print(f"wrote {path}")  # noqa: T201
+    print(f"wrote {path}")
 
 
 def pyplot():

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             entry["outputs"].append({"content": stem,
                                      "path": save(array, f"gallery/{m.name}/{stem}.jpg")})
         index["styles"].append(entry)
-        print(f"gallery: {m.name}")  # noqa: T201
+        print(f"gallery: {m.name}")
     models = sr_models(store)
     nets = {name: store.load(name)[0] for name in models}
     for spec in args.sr_images.split(","):
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     index["bytes"] = sum(p.stat().st_size for p in out.rglob("*.jpg"))
     write_json(out / "index.json", index)
     write_page(index, docs)
-    print(f"gallery: {len(list(out.rglob('*.jpg')))} images, {index['bytes'] / 2**20:.2f} MiB")  # noqa: T201
+    print(f"gallery: {len(list(out.rglob('*.jpg')))} images, {index['bytes'] / 2**20:.2f} MiB")
     return 0
 
 

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     text = path.read_text()
     for name, body in readme_blocks(Path(args.docs), Path(args.bench_results)).items():
         text = replace_block(text, name, body)
-        print(f"README: {name}")  # noqa: T201
+        print(f"README: {name}")
     path.write_text(text)
     return 0
 

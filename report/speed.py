@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             "eager_fp32_s": eager, "service_s": service, "eager_runs_s": eager_runs,
             "service_runs_s": service_runs,
             "service_path": service_model.policy.choose(size, size).path}}
-        print(f"{size}: network {eager:.3f} s eager, {service:.3f} s service; Gatys "  # noqa: T201
+        print(f"{size}: network {eager:.3f} s eager, {service:.3f} s service; Gatys "
               f"{gatys['per_iteration_s']:.2f} s/iteration over {gatys['measured_iterations']}")
     doc = {"machine": machine(), "model": name, "runs": args.runs, "iterations": totals,
            "loss_network": kind,

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                     store.update_metrics(name, {f"{ds}_x{factor}": {"psnr": v["psnr"],
                                                                     "ssim": v["ssim"]}})
             scores = ", ".join(f"{n} {v['psnr']:.2f}/{v['ssim']:.4f}" for n, v in r.items())
-            print(f"{ds} x{factor}: {scores}")  # noqa: T201
+            print(f"{ds} x{factor}: {scores}")
     doc = {"machine": machine(), "models": models, "results": results,
            "paper_x4": {ds: {k: list(v) for k, v in t.items()} for ds, t in PAPER_SR_X4.items()}}
     write_json(Path(args.docs) / "sr.json", doc)

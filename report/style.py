@@ -176,14 +176,14 @@ def run(args: argparse.Namespace) -> int:
                    "unstyled": mean_terms([r["unstyled"] for r in per_image.values()])}
         store.update_metrics(name, {"style_vs_gatys": summary, "style_check": check})
         styles[name] = {"summary": summary, "check": check, "per_image": per_image}
-        print(f"{name}: network {summary['network']}, Gatys {summary['gatys']}, "  # noqa: T201
+        print(f"{name}: network {summary['network']}, Gatys {summary['gatys']}, "
               f"max style-loss ratio {max_ratio:.3f} -> {'pass' if check['passed'] else 'FAIL'}")
     doc = {"machine": machine(), "settings": settings, "styles": styles}
     write_json(docs / "style.json", doc)
     write_page(doc, docs)
     failed = [n for n, s in styles.items() if not s["check"]["passed"]]
     if failed:
-        print(f"NOT SHIPPABLE (style loss not well below the photo's): {', '.join(failed)}")  # noqa: T201
+        print(f"NOT SHIPPABLE (style loss not well below the photo's): {', '.join(failed)}")
     return 0
 
 

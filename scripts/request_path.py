@@ -1,0 +1,116 @@
+"""Which of the project's files one stylize request passes through, in the order it reaches them.
+
+Runs `python -m service` as users do (shipped models, default settings, one style loaded to
+start fast), with a profile hook in every thread that records the project files whose Python
+functions are called while one `POST /v1/stylize` travels from the socket to the answer (a
+cache miss: the first request). ARCHITECTURE.md lists this path; tests/test_architecture.py
+checks that the two agree.
+
+    python scripts/request_path.py            # one file a line
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.server import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Imported by the service process at start-up (as `sitecustomize`): from SIGUSR1 to SIGUSR2,
+# record the project files of every Python call on any thread, in order of first call.
+_HOOK = """
+import json, os, signal, sys, threading
+_root, _out = os.environ["TRACE_ROOT"], os.environ["TRACE_OUT"]
+_seen, _on = {}, [False]
+def _profile(frame, event, arg):
+    if _on[0] and event == "call":
+        name = frame.f_code.co_filename
+        if name not in _seen and name.startswith(_root) and "/.venv/" not in name:
+            _seen[name] = None
+def _start(*_):
+    _seen.clear()
+    _on[0] = True
+def _stop(*_):
+    _on[0] = False
+    with open(_out, "w") as f:
+        json.dump(list(_seen), f)
+signal.signal(signal.SIGUSR1, _start)
+signal.signal(signal.SIGUSR2, _stop)
+sys.setprofile(_profile)
+threading.setprofile(_profile)
+"""
+
+
+def request_path(style: str = "udnie", repo: Path = REPO, timeout_s: float = 300) -> list[str]:
+    """The paths relative to `repo` (a checkout), in order of first call."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "sitecustomize.py").write_text(_HOOK)
+        out = Path(tmp) / "path.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
+        env.update(PYTHONPATH=tmp, TRACE_ROOT=str(repo) + os.sep, TRACE_OUT=str(out),
+                   SERVICE_HOST="127.0.0.1", SERVICE_PORT=str(port), SERVICE_MODELS=style,
+                   SERVICE_BATCH_POLICY="fixed", SERVICE_LOG_LEVEL="warning")
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + timeout_s
+            while not _ready(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the service did not become ready")
+                time.sleep(0.2)
+            buf = io.BytesIO()
+            pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+            Image.fromarray(pixels).save(buf, format="PNG")
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
+            answer = httpx.post(f"{url}/v1/stylize", params={"style": style},
+                                content=buf.getvalue(), headers={"content-type": "image/png"},
+                                timeout=60)
+            answer.raise_for_status()
+            time.sleep(0.5)   # the response's last hooks (access log, metrics) have run
+            proc.send_signal(signal.SIGUSR2)
+            while not out.exists() and proc.poll() is None:
+                time.sleep(0.05)
+            files = json.loads(out.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return [str(Path(f).relative_to(repo)) for f in files]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--style", default="udnie")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to run")
+    args = parser.parse_args()
+    files = request_path(args.style, args.repo.resolve())
+    print("\n".join(files))
+    print(f"{len(files)} files", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
