@@ -1,14 +1,23 @@
 """Training configurations: one frozen dataclass per task, the paper's settings as defaults.
 
-The CLI is generated from these fields (their `help` metadata), and `asdict(cfg)` is stored
-verbatim in each model's manifest.
+The CLI is generated from these fields (their `help` metadata; a `Literal` field becomes a
+`choices=` flag), and `asdict(cfg)` is stored verbatim in each model's manifest.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 from model_store import data_root
+from nets.layers import Norm, Padding, Upsample
+
+Amp = Literal["auto", "bf16", "fp16", "none"]
+SaveDtype = Literal["float16", "float32"]
+SuperResLoss = Literal["feat", "pixel"]
 
 
 def opt(default, help: str, aliases: tuple[str, ...] = ()):  # noqa: A002 - reads like argparse
@@ -25,20 +34,19 @@ class TrainConfig:
     batch_size: int = opt(4, "images per step (the paper: 4)")
     lr: float = opt(1e-3, "Adam learning rate (the paper: 1e-3)")
     seed: int = opt(0, "seed of initialisation and data sampling")
-    norm: str = opt("batch", "normalisation layers: batch (paper), instance or none")
-    upsample: str = opt("transposed", "upsampling: transposed (paper) or resize_conv")
-    padding: str = opt("zero", "convolution padding: zero (paper) or reflect")
+    norm: Norm = opt("batch", "normalisation layers (the paper: batch)")
+    upsample: Upsample = opt("transposed", "upsampling (the paper: transposed)")
+    padding: Padding = opt("zero", "convolution padding (the paper: zero)")
     tv_weight: float = opt(1e-6, "lambda_TV of the total variation regulariser")
     device: str = opt("auto", "auto, cpu or cuda")
-    amp: str = opt("auto", "autocast dtype: auto (bf16 where the hardware runs it natively), "
-                   "bf16, fp16 or none")
+    amp: Amp = opt("auto", "autocast dtype; auto: bf16 where the hardware runs it natively")
     time_limit_s: float = opt(0.0, "stop after this many seconds and save (0 = no limit)")
     checkpoint_every: int = opt(1000, "write a resumable checkpoint every N steps")
     checkpoint_dir: str = opt("runs", "folder for resumable checkpoints")
     resume: bool = opt(False, "continue from the checkpoint of this model name")
     init_from: str = opt("", "start from the weights of this model in --store (fine-tuning)")
     vgg_weights: str = opt("", "converted VGG safetensors (default: find VGG-16/VGG-19 on disk)")
-    save_dtype: str = opt("float16", "dtype of the stored weights: float16 or float32")
+    save_dtype: SaveDtype = opt("float16", "dtype of the stored weights")
 
 
 @dataclass(frozen=True)
@@ -55,32 +63,12 @@ class StyleConfig(TrainConfig):
 @dataclass(frozen=True)
 class SuperResConfig(TrainConfig):
     factor: int = opt(4, "upsampling factor: 4 or 8")
-    loss: str = opt("feat", "feat (relu2_2 feature reconstruction, the paper) or pixel")
+    loss: SuperResLoss = opt("feat", "relu2_2 feature reconstruction (feat, the paper) or pixel")
     patch_size: int = opt(288, "side of the high-resolution training patches (the paper: 288)",
                           aliases=("--image-size",))
     feature_layer: str = opt("relu2_2", "layer of the feature reconstruction loss")
     residual: bool = opt(False, "predict a correction to bicubic upsampling (not in the paper)")
     blur_sigma: float = opt(1.0, "Gaussian blur before downsampling (the paper: 1.0)")
-
-
-def add_arguments(parser, cls: type) -> None:
-    """One `--flag` per dataclass field, with the field's default and help."""
-    import dataclasses
-
-    for f in dataclasses.fields(cls):
-        flags = ["--" + f.name.replace("_", "-"), *f.metadata["aliases"]]
-        if f.type in (bool, "bool"):
-            parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default,
-                                help=f.metadata["help"])
-
-
-def from_args(cls: type, args) -> TrainConfig:
-    import dataclasses
-
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -91,3 +79,27 @@ class MultiStyleConfig(StyleConfig):
     style_weights: str = opt("", "comma list of lambda_s per style (default: --style-weight)")
     teachers: str = opt("", "store of per-style networks to distil from instead of the "
                         "perceptual losses (a pixel loss against the teacher's output)")
+
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+    """One `--flag` per dataclass field, with the field's default and help; a `Literal` field
+    takes only its values (argparse names them in the error for any other)."""
+    hints = typing.get_type_hints(cls)  # the annotations are strings (`from __future__`)
+    for f in dataclasses.fields(cls):
+        flags = ["--" + f.name.replace("_", "-"), *f.metadata["aliases"]]
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(*flags, dest=f.name, choices=typing.get_args(kind),
+                                default=f.default, help=f.metadata["help"])
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default,
+                                help=f.metadata["help"])
+
+
+def from_args(cls: type[C], args: argparse.Namespace) -> C:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -26,6 +26,23 @@ def test_paper_defaults_in_help(capsys):
         assert text in out
 
 
+def test_fixed_options_list_their_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["superres", "--help"])
+    out = capsys.readouterr().out
+    for text in ("--norm {batch,instance,none}", "--upsample {transposed,resize_conv}",
+                 "--padding {zero,reflect}", "--amp {auto,bf16,fp16,none}",
+                 "--save-dtype {float16,float32}", "--loss {feat,pixel}"):
+        assert text in out
+
+
+def test_bad_choice_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["style", "--norm", "group"])
+    assert e.value.code == 2
+    assert "argument --norm: invalid choice: 'group'" in capsys.readouterr().err
+
+
 def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["superres", "--loss", "pixel", "--data", str(tmp_path / "none"),
