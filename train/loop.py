@@ -1,4 +1,6 @@
-"""The optimisation loop shared by every task: Adam, autocast, checkpoints, progress, storing."""
+"""The training run shared by every task: `train` sets up the device and processes, has the task
+build its `Parts`, and stores the result; `fit` is the optimisation loop inside it (Adam, autocast,
+checkpoints, progress)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,29 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model_store import Manifest, ModelStore
-from nets.device import native_bf16
-from train import checkpoint
-from train.config import TrainConfig
+from nets.device import native_bf16, resolve_device
+from train import checkpoint, distributed
+from train.config import Amp, TrainConfig
 from train.distributed import World
 
 Objective = Callable[[nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 Sampler = Callable[[torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What differs between the tasks: the network, its objective, its data and the manifest
+    fields that describe them."""
+    name: str                 # model name in the store and folder of the checkpoints
+    net: nn.Module
+    objective: Objective
+    sample: Sampler
+    data_images: int          # photos the sampler draws from
+    task: str                 # "style" or "superres"
+    architecture: str         # the model store's builder of `net`
+    options: dict             # its arguments
+    loss_network: str
+    factor: int | None = None
 
 
 @dataclass
@@ -35,7 +53,27 @@ class Result:
     runs: list[dict]           # every run that trained these weights, this one last
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def train(cfg: TrainConfig, build: Callable[[torch.device], Parts]) -> tuple[nn.Module, Result]:
+    """Train what `build(device)` makes, store it (on the main process) and return the network
+    with its training result. The seed is set just before `build`, so it fixes the initial
+    weights."""
+    device = resolve_device(cfg.device)
+    world = distributed.setup(device)
+    try:
+        torch.manual_seed(cfg.seed)
+        parts = build(device)
+        init_from = init_weights(cfg, parts.net)
+        result = fit(cfg, parts.net, parts.objective, parts.sample, device, world, parts.name)
+        if world.main:
+            manifest = store_result(cfg, parts, result, device, init_from)
+            print(f"wrote {cfg.store}/{parts.name} after {result.steps} steps: "
+                  f"{manifest.final_losses}")
+    finally:
+        distributed.teardown()
+    return parts.net, result
+
+
+def autocast_dtype(amp: Amp, device: torch.device) -> torch.dtype | None:
     """`auto`: bf16 where the hardware runs it (fp16 on CUDA without bf16), else none."""
     if amp == "none":
         return None
@@ -58,14 +96,14 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    amp = autocast_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     ckpt_dir = Path(cfg.checkpoint_dir) / name
-    step = checkpoint.load(ckpt_dir, net, opt) if cfg.resume else 0
+    step = checkpoint.load(ckpt_dir, net, opt, scaler) if cfg.resume else 0
     earlier = checkpoint.runs(ckpt_dir) if cfg.resume else []
     first_step = step
     model = DistributedDataParallel(net) if world.size > 1 else net
     gen = torch.Generator()
-    amp = autocast_dtype(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     window: dict[str, list[float]] = {}
     history: list[float] = []
     start = time.monotonic()
@@ -101,12 +139,12 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         if step % 25 == 0:
             bar.set_postfix({k: f"{sum(v) / len(v):.4g}" for k, v in window.items()})
         if world.main and step % cfg.checkpoint_every == 0:
-            checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg), runs())
+            checkpoint.save(ckpt_dir, net, opt, scaler, step, dataclasses.asdict(cfg), runs())
         if cfg.time_limit_s and time.monotonic() - start > cfg.time_limit_s:
             break
     bar.close()
     if world.main and step % cfg.checkpoint_every:
-        checkpoint.save(ckpt_dir, net, opt, step, dataclasses.asdict(cfg), runs())
+        checkpoint.save(ckpt_dir, net, opt, scaler, step, dataclasses.asdict(cfg), runs())
     losses = {k: sum(v) / len(v) for k, v in window.items()}
     return Result(step, losses, time.monotonic() - start, history, runs())
 
@@ -125,16 +163,14 @@ def init_weights(cfg: TrainConfig, net: nn.Module) -> dict | None:
             "training": manifest.training}
 
 
-def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str, task: str,
-                 architecture: str, options: dict, loss_network: str, data_images: int,
-                 device: torch.device, factor: int | None = None,
-                 init_from: dict | None = None) -> Manifest:
+def store_result(cfg: TrainConfig, parts: Parts, result: Result, device: torch.device,
+                 init_from: dict | None) -> Manifest:
     """Write the trained network and everything needed to train it again into the store."""
     training = {
         "command": command_line(),
         "init_from": init_from,
         "config": dataclasses.asdict(cfg),
-        "data_images": data_images,
+        "data_images": parts.data_images,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "seconds": round(sum(r["seconds"] for r in result.runs), 1),
@@ -143,7 +179,8 @@ def store_result(cfg: TrainConfig, net: nn.Module, result: Result, *, name: str,
     }
     dtype = {"float16": torch.float16, "float32": torch.float32}[cfg.save_dtype]
     return ModelStore(cfg.store).save(
-        net.float().eval(), name=name, task=task, architecture=architecture, options=options,
-        dtype=dtype, factor=factor, loss_network=loss_network, training=training,
+        parts.net.float().eval(), name=parts.name, task=parts.task,
+        architecture=parts.architecture, options=parts.options, dtype=dtype, factor=parts.factor,
+        loss_network=parts.loss_network, training=training,
         iterations=result.steps + (init_from or {}).get("iterations", 0),
         final_losses={k: round(v, 6) for k, v in result.losses.items()})

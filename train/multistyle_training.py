@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nets.device import resolve_device
 from nets.multistyle_net import MultiStyleNet
-from train import data, distributed, loop
+from train import data, loop
 from train.config import MultiStyleConfig, StyleConfig, add_arguments, from_args
 from train.losses import pixel_loss
 from train.style_training import StyleObjective, load_loss_network, load_style_image
@@ -55,16 +54,19 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run(from_args(MultiStyleConfig, args))  # type: ignore[arg-type]
+    run(from_args(MultiStyleConfig, args))
     return 0
 
 
 def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
+    """Train, store (on the main process) and return the network with its training result."""
+    return loop.train(cfg, partial(build, cfg))
+
+
+def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
+    """MultiStyleNet, one objective per style (perceptual, or distillation of `--teachers`),
+    and square crops of the photos."""
     styles = cfg.styles.split(",")
-    name = cfg.name or "multistyle"
-    device = resolve_device(cfg.device)
-    world = distributed.setup(device)
-    torch.manual_seed(cfg.seed)
     options = {"styles": styles, "upsample": cfg.upsample, "padding": cfg.padding}
     if cfg.teachers:
         from model_store import ModelStore
@@ -96,18 +98,11 @@ def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
         loss_network = f"{vgg.kind}-imagenet"
     objective = MultiStyleObjective(per_style, cfg.seed)
     images = data.load_folder(cfg.data, short_side=cfg.image_size)
-    init_from = loop.init_weights(cfg, net)
-    result = loop.fit(cfg, net, objective,
-                      lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
-                      device, world, name)
-    if world.main:
-        manifest = loop.store_result(
-            cfg, net, result, name=name, task="style", architecture="multistyle",
-            options=options, loss_network=loss_network, data_images=len(images),
-            device=device, init_from=init_from)
-        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
-    distributed.teardown()
-    return net, result
+    return loop.Parts(
+        name=cfg.name or "multistyle", net=net, objective=objective,
+        sample=lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+        data_images=len(images), task="style", architecture="multistyle", options=options,
+        loss_network=loss_network)
 
 
 def _style_fields(cfg: MultiStyleConfig) -> dict:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.device import resolve_device
 from nets.style_net import StyleNet
-from train import data, distributed, loop
+from train import data, loop
 from train.config import StyleConfig, add_arguments, from_args
 from train.losses import feature_loss, gram, style_loss, tv_loss
 from train.vgg import LossNetwork
@@ -62,31 +62,25 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run(from_args(StyleConfig, args))  # type: ignore[arg-type]
+    run(from_args(StyleConfig, args))
     return 0
 
 
 def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:
     """Train, store (on the main process) and return the network with its training result."""
-    name = cfg.name or Path(cfg.style_image).stem
-    device = resolve_device(cfg.device)
-    world = distributed.setup(device)
-    torch.manual_seed(cfg.seed)
+    return loop.train(cfg, partial(build, cfg))
+
+
+def build(cfg: StyleConfig, device: torch.device) -> loop.Parts:
+    """StyleNet, the perceptual objective of one painting, and square crops of the photos."""
     options = {"norm": cfg.norm, "upsample": cfg.upsample, "padding": cfg.padding}
     net = StyleNet(**options)
     vgg = load_loss_network(cfg).to(device)
     style = load_style_image(cfg.style_image, cfg.style_size or cfg.image_size).to(device)
     objective = StyleObjective(vgg, style, cfg)
     images = data.load_folder(cfg.data, short_side=cfg.image_size)
-    init_from = loop.init_weights(cfg, net)
-    result = loop.fit(cfg, net, objective,
-                      lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
-                      device, world, name)
-    if world.main:
-        manifest = loop.store_result(
-            cfg, net, result, name=name, task="style", architecture="style", options=options,
-            loss_network=f"{vgg.kind}-imagenet", data_images=len(images), device=device,
-            init_from=init_from)
-        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
-    distributed.teardown()
-    return net, result
+    return loop.Parts(
+        name=cfg.name or Path(cfg.style_image).stem, net=net, objective=objective,
+        sample=lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+        data_images=len(images), task="style", architecture="style", options=options,
+        loss_network=f"{vgg.kind}-imagenet")

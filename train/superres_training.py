@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from torch import nn
 
-from nets.device import resolve_device
 from nets.superres_net import SuperResNet
-from train import data, distributed, loop
+from train import data, loop
 from train.config import SuperResConfig, add_arguments, from_args
 from train.degrade import degrade
 from train.losses import feature_loss, pixel_loss, tv_loss
@@ -45,7 +45,7 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    run(from_args(SuperResConfig, args))  # type: ignore[arg-type]
+    run(from_args(SuperResConfig, args))
     return 0
 
 
@@ -57,25 +57,20 @@ def run(cfg: SuperResConfig) -> tuple[nn.Module, loop.Result]:
         raise ValueError(f"--loss must be feat or pixel, got {cfg.loss!r}")
     if cfg.patch_size % cfg.factor:
         raise ValueError(f"--patch-size {cfg.patch_size} must be a multiple of {cfg.factor}")
-    name = cfg.name or f"sr_x{cfg.factor}_{cfg.loss}"
-    device = resolve_device(cfg.device)
-    world = distributed.setup(device)
-    torch.manual_seed(cfg.seed)
+    return loop.train(cfg, partial(build, cfg))
+
+
+def build(cfg: SuperResConfig, device: torch.device) -> loop.Parts:
+    """SuperResNet, its feature (or pixel) objective, and high-resolution patches."""
     options = {"factor": cfg.factor, "norm": cfg.norm, "upsample": cfg.upsample,
                "padding": cfg.padding, "residual": cfg.residual}
     net = SuperResNet(**options)
     vgg = load_loss_network(cfg).to(device) if cfg.loss == "feat" else None
     # Patches come from the photos at their own resolution, as the paper's from COCO.
     images = data.load_folder(cfg.data, min_side=cfg.patch_size)
-    init_from = loop.init_weights(cfg, net)
-    result = loop.fit(cfg, net, SuperResObjective(cfg, vgg),
-                      lambda g: data.random_crops(images, cfg.batch_size, cfg.patch_size, g),
-                      device, world, name)
-    if world.main:
-        manifest = loop.store_result(
-            cfg, net, result, name=name, task="superres", architecture="superres",
-            options=options, loss_network=f"{vgg.kind}-imagenet" if vgg else "none",
-            data_images=len(images), device=device, init_from=init_from, factor=cfg.factor)
-        print(f"wrote {cfg.store}/{name} after {result.steps} steps: {manifest.final_losses}")
-    distributed.teardown()
-    return net, result
+    return loop.Parts(
+        name=cfg.name or f"sr_x{cfg.factor}_{cfg.loss}", net=net,
+        objective=SuperResObjective(cfg, vgg),
+        sample=lambda g: data.random_crops(images, cfg.batch_size, cfg.patch_size, g),
+        data_images=len(images), task="superres", architecture="superres", options=options,
+        loss_network=f"{vgg.kind}-imagenet" if vgg else "none", factor=cfg.factor)

@@ -106,6 +106,21 @@ def test_resume_continues_the_step_count(tmp_path, photos):
     assert manifest.training["seconds"] == round(sum(r["seconds"] for r in runs), 1)
 
 
+@pytest.mark.parametrize("old_format", [False, True])
+def test_fp16_resume_restores_the_loss_scale(tmp_path, photos, old_format):
+    superres_training.run(sr_config(tmp_path, photos, iterations=2, amp="fp16"))
+    path = tmp_path / "runs" / "sr_x4_pixel" / "state.json"
+    state = json.loads(path.read_text())
+    assert state["scaler"]["_growth_tracker"] == 2
+    if old_format:  # as format 1 wrote it: no scaler state, so the resumed run starts afresh
+        del state["scaler"]
+        path.write_text(json.dumps({**state, "format_version": 1}))
+    _, result = superres_training.run(sr_config(tmp_path, photos, iterations=4, amp="fp16",
+                                                resume=True))
+    assert result.steps == 4
+    assert json.loads(path.read_text())["scaler"]["_growth_tracker"] == (2 if old_format else 4)
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path, photos):
     torch.manual_seed(0)
     straight, _ = superres_training.run(sr_config(tmp_path / "a", photos, iterations=6))
