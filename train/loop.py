@@ -5,7 +5,9 @@ checkpoints, progress)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 import platform
 import sys
 import time
@@ -123,7 +125,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             terms = objective(model, batch)
-        total = sum(terms.values())
+        total = functools.reduce(operator.add, terms.values())
         opt.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         scaler.step(opt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,7 +68,7 @@ def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
     """MultiStyleNet, one objective per style (perceptual, or distillation of `--teachers`),
     and square crops of the photos."""
     styles = cfg.styles.split(",")
-    options = {"styles": styles, "upsample": cfg.upsample, "padding": cfg.padding}
+    options: dict[str, Any] = {"styles": styles, "upsample": cfg.upsample, "padding": cfg.padding}
     if cfg.teachers:
         from model_store import ModelStore
 

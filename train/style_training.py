@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:
 
 def build(cfg: StyleConfig, device: torch.device) -> loop.Parts:
     """StyleNet, the perceptual objective of one painting, and square crops of the photos."""
-    options = {"norm": cfg.norm, "upsample": cfg.upsample, "padding": cfg.padding}
+    options: dict[str, Any] = {"norm": cfg.norm, "upsample": cfg.upsample, "padding": cfg.padding}
     net = StyleNet(**options)
     vgg = load_loss_network(cfg).to(device)
     style = load_style_image(cfg.style_image, cfg.style_size or cfg.image_size).to(device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ def run(cfg: SuperResConfig) -> tuple[nn.Module, loop.Result]:
 
 def build(cfg: SuperResConfig, device: torch.device) -> loop.Parts:
     """SuperResNet, its feature (or pixel) objective, and high-resolution patches."""
-    options = {"factor": cfg.factor, "norm": cfg.norm, "upsample": cfg.upsample,
+    options: dict[str, Any] = {"factor": cfg.factor, "norm": cfg.norm, "upsample": cfg.upsample,
                "padding": cfg.padding, "residual": cfg.residual}
     net = SuperResNet(**options)
     vgg = load_loss_network(cfg).to(device) if cfg.loss == "feat" else None
