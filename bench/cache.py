@@ -26,6 +26,7 @@ from bench.load import percentiles
 from bench.machine import describe, load_average, wait_until_quiet
 from bench.server import PHOTOS, drive, photo_pngs, serve
 from service.cache import MemoryCache, RedisCache, cache_key
+from service.lifecycle import connect_redis
 from service.metrics import Metrics
 
 MiB = 1024 * 1024
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"pst-bench:{os.getpid()}:"
         caches = {"memory": lambda: MemoryCache(256 * MiB, 64 * MiB, Metrics())}
         if redis_ok:
-            caches["redis"] = lambda: RedisCache(args.redis_url, ttl_s=600,
+            caches["redis"] = lambda: RedisCache(connect_redis(args.redis_url, 1.0), ttl_s=600,
                                                  max_value_bytes=64 * MiB, timeout_s=1.0,
                                                  prefix=prefix, metrics=Metrics())
         else:
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               args.seconds)
                 finally:
                     await cache.close()
+                    if isinstance(cache, RedisCache):
+                        await cache.redis.aclose()   # the client is not the cache's to close
                 print(json.dumps({name: result["cache"][name]}), flush=True)
 
         asyncio.run(levels())

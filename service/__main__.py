@@ -12,8 +12,9 @@ from types import FrameType
 import torch
 import uvicorn
 
+from service.admission import Phase
 from service.app import create_app
-from service.lifecycle import Phase, Services
+from service.lifecycle import Services
 from service.logs import configure_logging
 from service.middleware import bounded_http_protocol
 from service.settings import get_settings
@@ -48,7 +49,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     async def on_tick(self, counter: int) -> bool:
-        if self.services.lifecycle.phase is Phase.FAILED:
+        if self.services.admission.phase is Phase.FAILED:
             self.should_exit = True
         return await super().on_tick(counter)
 
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                 head_timeout_s=settings.header_timeout_s))
     server = DrainingServer(config, services)
     server.run()
-    if services.lifecycle.phase is Phase.FAILED:
-        log.error("exiting: %s", services.lifecycle.error)
+    if services.admission.phase is Phase.FAILED:
+        log.error("exiting: %s", services.admission.error)
         return 1
     return 0
 

@@ -7,15 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import imaging
 from service.auth import ApiKeyAuth, KeyRing, document_security
 from service.errors import install_handlers
 from service.lifecycle import build_services
-from service.middleware import Backlog, LoadShed, RequestContext, RequestLimits
-from service.ratelimit import RateLimit, make_limiter
+from service.middleware import LoadShed, RequestContext, RequestLimits
+from service.ratelimit import RateLimit
 from service.routes import ops, transform, web
 from service.settings import Settings, get_settings
-from service.tiling import TileConfig
 
 DESCRIPTION = """
 Real-time neural style transfer and super-resolution (Johnson et al. 2016, *Perceptual Losses
@@ -45,11 +43,7 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    services = build_services(settings)
-    imaging.set_decoded_bytes_limit(settings.max_decoded_bytes)
-    limiter = make_limiter(rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
-                           redis_url=settings.redis_url, prefix=settings.redis_key_prefix,
-                           timeout_s=settings.redis_timeout_s, metrics=services.metrics)
+    services = build_services(settings)   # every part, complete; nothing connects yet
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,18 +52,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await services.stop()
-            services.inference.close()
-            if limiter is not None:
-                await limiter.close()
 
     app = FastAPI(title="Perceptual transform service", version="1.0.0",
                   description=DESCRIPTION, lifespan=lifespan)
     app.state.services = services
-    services.inference.tiling = TileConfig(   # big images run in tiles (service/tiling.py)
-        threshold_pixels=settings.tile_threshold_pixels, size=settings.tile_size,
-        overlap=settings.tile_overlap, superres_size=settings.superres_tile_size,
-        superres_overlap=settings.superres_tile_overlap, norm_stats=settings.tile_norm_stats,
-        batch_size=settings.max_batch_size, batch_pixels=settings.max_batch_pixels)
     app.include_router(transform.router)
     app.include_router(ops.router)
     app.include_router(web.router)              # the page at / and style thumbnails
@@ -79,8 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # RequestContext (id, metrics, access log) -> RequestLimits (URL, headers) -> ApiKeyAuth ->
     # RateLimit -> the routes; so a refusal costs no admission slot and no body read, and
     # (but for shedding, which must be cheap) gets its log line and request id.
-    if limiter is not None:
-        app.add_middleware(RateLimit, limiter=limiter, metrics=services.metrics)
+    if services.limiter is not None:
+        app.add_middleware(RateLimit, limiter=services.limiter, metrics=services.metrics)
     api_keys, metrics_key = KeyRing(settings.api_keys), KeyRing(
         [settings.metrics_api_key] if settings.metrics_api_key else [])
     if api_keys or metrics_key:
@@ -91,6 +77,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestLimits, max_url_bytes=settings.max_url_bytes,
                        max_header_bytes=settings.max_header_bytes, metrics=services.metrics)
     app.add_middleware(RequestContext, metrics=services.metrics)
-    app.state.backlog = backlog = Backlog()
-    app.add_middleware(LoadShed, services=services, backlog=backlog)
+    app.add_middleware(LoadShed, admission=services.admission, metrics=services.metrics)
     return app

@@ -1,7 +1,8 @@
 """The result cache: encoded outputs keyed by a hash of input, model and output parameters.
 
-In-process LRU bounded in bytes by default; Redis when a URL is configured. The cache can never
-fail a request: a backend error or timeout is logged, counted, and treated as a miss.
+In-process LRU bounded in bytes by default; Redis when a URL is configured (the client is built
+once, by `lifecycle.build_services`, and shared with the rate limit). The cache can never fail a
+request: a backend error or timeout is logged, counted, and treated as a miss.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("service.cache")
 
@@ -90,20 +94,15 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Shared cache in Redis with a TTL; every call is bounded by `timeout_s` and never raises."""
+    """Shared cache in Redis with a TTL; every call is bounded by `timeout_s` and never raises.
+    `redis` is a client built without retries (`lifecycle.connect_redis`); whoever built it
+    closes it."""
 
     backend = "redis"
 
-    def __init__(self, url: str, *, ttl_s: int, max_value_bytes: int, timeout_s: float,
+    def __init__(self, redis: Redis, *, ttl_s: int, max_value_bytes: int, timeout_s: float,
                  prefix: str, metrics: Metrics) -> None:
-        from redis.asyncio import Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # No retries: a slow or absent Redis must cost a request at most one timeout.
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s,
-                                     socket_connect_timeout=timeout_s,
-                                     retry=Retry(NoBackoff(), 0))
+        self.redis = redis
         self.ttl_s = ttl_s
         self.max_value_bytes = max_value_bytes
         self.timeout_s = timeout_s
@@ -112,7 +111,7 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await asyncio.wait_for(self._redis.get(self.prefix + key), self.timeout_s)
+            value = await asyncio.wait_for(self.redis.get(self.prefix + key), self.timeout_s)
         except Exception as e:  # any backend failure is a miss, never a failed request
             self._error("get", e)
             return None
@@ -124,16 +123,13 @@ class RedisCache:
         if len(value) > self.max_value_bytes:
             return
         try:
-            await asyncio.wait_for(self._redis.set(self.prefix + key, value, ex=self.ttl_s),
+            await asyncio.wait_for(self.redis.set(self.prefix + key, value, ex=self.ttl_s),
                                    self.timeout_s)
         except Exception as e:
             self._error("set", e)
 
     async def close(self) -> None:
-        try:
-            await self._redis.aclose()
-        except Exception as e:
-            log.warning("closing the redis client failed: %s", e)
+        return None   # the client is not this cache's to close
 
     def _error(self, op: str, e: Exception) -> None:
         self._metrics.cache_errors.labels(backend=self.backend).inc()
@@ -141,12 +137,12 @@ class RedisCache:
                     type(e).__name__, e)
 
 
-def make_cache(*, redis_url: str | None, cache_bytes: int, cache_ttl_s: int,
+def make_cache(*, redis: Redis | None, cache_bytes: int, cache_ttl_s: int,
                cache_max_value_bytes: int, redis_timeout_s: float, redis_key_prefix: str,
                metrics: Metrics) -> Cache:
-    """Redis when a URL is set, else the in-process LRU (or nothing when its size is 0)."""
-    if redis_url:
-        return RedisCache(redis_url, ttl_s=cache_ttl_s, max_value_bytes=cache_max_value_bytes,
+    """Redis when a client is given, else the in-process LRU (or nothing when its size is 0)."""
+    if redis is not None:
+        return RedisCache(redis, ttl_s=cache_ttl_s, max_value_bytes=cache_max_value_bytes,
                           timeout_s=redis_timeout_s, prefix=redis_key_prefix, metrics=metrics)
     if cache_bytes > 0:
         return MemoryCache(cache_bytes, cache_max_value_bytes, metrics)

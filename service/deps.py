@@ -7,9 +7,7 @@ pool, a thread hop (a few hundred microseconds) for each on every request."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, Header, Query, Request
@@ -17,10 +15,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from service import errors, styles
+from service.admission import Ticket
 from service.imaging import INPUT_CONTENT_TYPES
 from service.inference import OutputOptions
 from service.lifecycle import Services
-from service.middleware import Backlog
 from service.registry import LoadedModel
 from service.styles import StyleChoice
 
@@ -37,33 +35,16 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-@dataclass(frozen=True)
-class Ticket:
-    """An admitted request: its deadline (time.monotonic()) for starting compute."""
-
-    deadline: float
-
-
 async def admit(request: Request, services: ServicesDep) -> AsyncIterator[Ticket]:
-    """Refuse while starting, draining or overloaded; else count the request as in flight.
+    """The admission's answer (service/admission.py): 503 while starting or draining, 429
+    while overloaded; else the request counts as in flight until it is answered.
 
-    A full backlog (middleware.Backlog: bodies read and not yet answered, batch queue
-    included) refuses here too, before the body is read or decoded: under overload a 429 then
-    costs neither the upload's memory nor a decode. The batcher still checks its own queue."""
-    services.lifecycle.check_accepting(services.settings.max_inflight)
-    backlog: Backlog = request.app.state.backlog
-    queued, limit = services.batcher.queued, services.settings.queue_limit
-    if backlog.full(services.settings) or queued >= limit:
-        raise errors.QueueFull(f"the server is busy: {queued} requests are queued, "
-                               f"{backlog.count} decoding, queued or computing (queue limit "
-                               f"{limit}); retry later", headers={"Retry-After": "1"})
-    with services.lifecycle.admitted():
-        try:
-            yield Ticket(time.monotonic() + services.settings.request_timeout_s)
-        finally:
-            if getattr(request.state, "in_backlog", False):
-                request.state.in_backlog = False
-                backlog.leave()
+    A full backlog (bodies read and not yet answered, batch queue included) refuses here too,
+    before the body is read or decoded: under overload a 429 then costs neither the upload's
+    memory nor a decode. The batcher still checks its own queue."""
+    with services.admission.admitted() as ticket:
+        request.state.ticket = ticket    # read_image counts it in the backlog
+        yield ticket
 
 
 TicketDep = Annotated[Ticket, Depends(admit)]
@@ -193,11 +174,11 @@ async def read_image(request: Request, max_body_bytes: int,
 
 
 def _enter_backlog(request: Request) -> None:
-    """Count the request in the backlog from now until `admit` lets it go."""
-    backlog: Backlog | None = getattr(request.app.state, "backlog", None)
-    if backlog is not None and not getattr(request.state, "in_backlog", False):
-        request.state.in_backlog = True
-        backlog.enter()
+    """Count the admitted request in the backlog from now until `admit` lets it go."""
+    ticket: Ticket | None = getattr(request.state, "ticket", None)
+    if ticket is not None:
+        services: Services = request.app.state.services
+        services.admission.body_read(ticket)
 
 
 def _multipart_image(content_type: str, body: bytes) -> bytes:

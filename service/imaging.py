@@ -40,21 +40,6 @@ _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def set_pixel_limit(max_pixels: int) -> None:
-    """Pillow's own decompression-bomb limit, a second line behind our header check."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-# Process-wide like Pillow's MAX_IMAGE_PIXELS; set by create_app from max_decoded_bytes.
-_max_decoded_bytes: int | None = None
-
-
-def set_decoded_bytes_limit(max_bytes: int | None) -> None:
-    """The largest raster `decode` lets Pillow allocate (None: 4 bytes per allowed pixel)."""
-    global _max_decoded_bytes
-    _max_decoded_bytes = max_bytes
-
-
 def raster_bytes(mode: str, width: int, height: int) -> int:
     """Bytes Pillow allocates to hold an image of `mode` (1, 2 or 4 per pixel)."""
     if mode in ("1", "L", "P"):
@@ -77,8 +62,11 @@ def probe_size(data: bytes) -> tuple[int, int]:
 
 
 def decode(data: bytes, *, max_pixels: int, scale: int = 1,
-           max_output_pixels: int | None = None) -> Decoded:
-    """Decode an image after checking its header; `scale` is the output/input side ratio."""
+           max_output_pixels: int | None = None,
+           max_decoded_bytes: int | None = None) -> Decoded:
+    """Decode an image after checking its header; `scale` is the output/input side ratio,
+    `max_decoded_bytes` the largest raster Pillow may allocate (None: 4 bytes per allowed
+    pixel)."""
     if not data:
         raise InvalidImage("the body is empty; send the image bytes")
     with _open(data) as im:
@@ -100,7 +88,7 @@ def decode(data: bytes, *, max_pixels: int, scale: int = 1,
             raise ImageTooLarge(f"the output would be {width * scale}x{height * scale} "
                                 f"({out_pixels} pixels computed); the limit is "
                                 f"{max_output_pixels}")
-        max_bytes = _max_decoded_bytes if _max_decoded_bytes is not None else 4 * max_pixels
+        max_bytes = max_decoded_bytes if max_decoded_bytes is not None else 4 * max_pixels
         decoded = raster_bytes(im.mode, width, height)
         if decoded > max_bytes:
             raise ImageTooLarge(f"the {im.mode} image decodes to {decoded} bytes; the limit is "

@@ -23,8 +23,8 @@ from functools import partial
 
 import numpy as np
 
+from service import admission, errors, execution, imaging
 from service import batcher as batching
-from service import errors, execution, imaging
 from service.cache import Cache, cache_key
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
@@ -78,7 +78,7 @@ class _Prepared:
 class Inference:
     def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], Payload, np.ndarray],
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
-                 max_pixels: int, max_output_pixels: int,
+                 max_pixels: int, max_output_pixels: int, max_decoded_bytes: int | None = None,
                  tiling: TileConfig | None = None, threads: int = 0) -> None:
         self.batcher = batcher
         self.cache = cache
@@ -86,6 +86,7 @@ class Inference:
         self.codec_pool = codec_pool
         self.max_pixels = max_pixels
         self.max_output_pixels = max_output_pixels
+        self.max_decoded_bytes = max_decoded_bytes   # None: 4 bytes per allowed pixel
         self.tiling = tiling    # None: never tile
         # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model,
         # on `threads` CPU threads (0: what the thread starts with; see execution.use_threads).
@@ -126,7 +127,7 @@ class Inference:
         started = time.monotonic()
         prepared = await loop.run_in_executor(self.codec_pool, partial(
             _prepare, data, max_pixels=self.max_pixels, scale=model.factor,
-            max_output_pixels=self.max_output_pixels))
+            max_output_pixels=self.max_output_pixels, max_decoded_bytes=self.max_decoded_bytes))
         decode_s = time.monotonic() - started
         self.metrics.decode.observe(decode_s)
 
@@ -242,13 +243,12 @@ def _is_expected(e: BaseException) -> bool:
 
 def _service_error(model: LoadedModel, e: Exception) -> errors.ServiceError:
     """What the client is told when computing `model` raised `e`."""
-    if isinstance(e, batching.QueueFull):
-        return errors.QueueFull(f"the server is busy: {e}; retry later",
-                                headers={"Retry-After": "1"})
+    if isinstance(e, batching.QueueFull):   # raced past admission (service/admission.py)
+        return admission.busy(f"the server is busy: {e}")
     if isinstance(e, batching.DeadlineExceeded):
         return errors.DeadlineExceeded("the request timed out before its compute started")
     if isinstance(e, batching.BatcherClosed):
-        return errors.ShuttingDown("the server is shutting down", headers={"Retry-After": "1"})
+        return admission.shutting_down("the server is shutting down")
     if is_oom(e):
         return errors.OutOfMemory("the device ran out of memory for this image; retry later "
                                   "or send a smaller one", headers={"Retry-After": "1"})
@@ -264,9 +264,11 @@ def _finish(pixels: np.ndarray, content: np.ndarray, alpha: np.ndarray | None,
     return imaging.encode(pixels, alpha, options.format, options.quality)
 
 
-def _prepare(data: bytes, *, max_pixels: int, scale: int, max_output_pixels: int) -> _Prepared:
+def _prepare(data: bytes, *, max_pixels: int, scale: int, max_output_pixels: int,
+             max_decoded_bytes: int | None) -> _Prepared:
     """Decode and pad (runs in the codec pool)."""
     decoded = imaging.decode(data, max_pixels=max_pixels, scale=scale,
-                             max_output_pixels=max_output_pixels)
+                             max_output_pixels=max_output_pixels,
+                             max_decoded_bytes=max_decoded_bytes)
     h, w = decoded.rgb.shape[:2]
     return _Prepared(imaging.pad_to(decoded.rgb, MIN_SIDE_PX), decoded.alpha, h, w)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -33,7 +33,7 @@ class Metrics:
             "service_encode_seconds", "Image encoding time", buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(
             "service_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
-        self.inflight = Gauge(
+        self.inflight = Gauge(   # read from admission.Admission at scrape time
             "service_inflight_requests", "Requests admitted and not yet answered", registry=r)
         self.rejections = Counter(
             "service_rejections_total", "Requests refused or abandoned, by reason", ["reason"],
@@ -66,5 +66,25 @@ class Metrics:
         """Read the GPU memory gauge at scrape time."""
         self.gpu_memory.set_function(read_bytes)
 
+    def watch_inflight(self, read_count: Callable[[], float]) -> None:
+        """Read the in-flight gauge at scrape time (from its owner, the admission)."""
+        self.inflight.set_function(read_count)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BatchMetrics:
+    """Feeds the batcher's hooks (`batcher.BatchObserver`) into Prometheus."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def queue_depth(self, label: str, depth: int) -> None:
+        self.m.queue_depth.labels(model=label).set(depth)
+
+    def batch_done(self, label: str, queue_waits_s: Sequence[float], compute_s: float) -> None:
+        for wait in queue_waits_s:
+            self.m.queue_wait.labels(model=label).observe(wait)
+        self.m.batch_size.labels(model=label).observe(len(queue_waits_s))
+        self.m.forward.labels(model=label).observe(compute_s)

@@ -17,10 +17,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
-from service.lifecycle import Phase, Services
+from service.admission import Admission
 from service.logs import request_id_var
 from service.metrics import Metrics
-from service.settings import Settings
 
 log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -76,53 +75,31 @@ class RequestContext:
             request_id_var.reset(token)
 
 
-class Backlog:
-    """Transform requests whose body has been read and whose response is not built yet:
-    decoding, queued, computing or encoding. Admission refuses at `queue_limit` plus one batch
-    (the one being computed), not at the batch queue alone: a request admitted while the queue
-    had room still spends a decode before it enters the queue, and under a flood every arrival
-    in that window would be admitted, only to be refused after its decode. Counting from the
-    end of the body closes the window."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def full(self, settings: Settings) -> bool:
-        return self.count >= settings.queue_limit + settings.max_batch_size
-
-    def enter(self) -> None:
-        self.count += 1
-
-    def leave(self) -> None:
-        self.count -= 1
-
-
 class LoadShed:
-    """Outermost: while the backlog (see `Backlog`) is at `queue_limit` or `max_inflight`
-    requests are admitted, a transform request gets 429 `queue_full` with `Retry-After` before
-    anything else is done for it: no access log line, no request id, no routing or
-    dependencies, no body read.
+    """Outermost: while the admission says the service is overloaded (`Admission.shed`: the
+    backlog or the batch queue full, or `max_inflight` requests admitted), a transform request
+    gets its prebuilt 429 `queue_full` with `Retry-After` before anything else is done for it:
+    no access log line, no request id, no routing or dependencies, no body read.
 
     Under a flood of 10x capacity the full path's refusal (~0.6 ms of CPU) would take the
     event loop from the admitted requests; this one costs about a fifth. Shed requests are
     counted in `service_rejections_total{reason="queue_full"}` and summed up in one warning
-    every `SUMMARY_S`. The same checks stay in the admission dependency for requests that race
-    past this one."""
+    every `SUMMARY_S`. The admission dependency asks the same admission again for requests
+    that race past this one."""
 
     SUMMARY_S = 10.0
     PATHS = frozenset({"/v1/stylize", "/v1/superres"})
 
-    def __init__(self, app: ASGIApp, *, services: Services, backlog: Backlog) -> None:
+    def __init__(self, app: ASGIApp, *, admission: Admission, metrics: Metrics) -> None:
         self.app = app
-        self.services = services
-        self.backlog = backlog
-        self._shed_counter = services.metrics.rejections.labels(reason="queue_full")
+        self.admission = admission
+        self._shed_counter = metrics.rejections.labels(reason="queue_full")
         self._since_summary = 0
         self._summary_at = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] in self.PATHS:
-            answer = self._overloaded()
+            answer = self.admission.shed()
             if answer is not None:
                 self._shed_counter.inc()
                 self._summarize()
@@ -132,16 +109,6 @@ class LoadShed:
                 return
         await self.app(scope, receive, send)
 
-    def _overloaded(self) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
-        s = self.services
-        if s.lifecycle.phase is not Phase.READY:
-            return None                   # starting or draining: the routes answer 503
-        if self.backlog.full(s.settings) or s.batcher.queued >= s.settings.queue_limit:
-            return _SHED_QUEUE
-        if s.lifecycle.inflight >= s.settings.max_inflight:
-            return _SHED_INFLIGHT
-        return None
-
     def _summarize(self) -> None:
         self._since_summary += 1
         now = time.monotonic()
@@ -149,16 +116,6 @@ class LoadShed:
             log.warning("overloaded: shed %d requests with 429 in the last %.0f s",
                         self._since_summary, now - self._summary_at)
             self._since_summary, self._summary_at = 0, now
-
-
-def _prebuilt_429(message: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    body = json.dumps({"error": {"code": "queue_full", "message": message}}).encode()
-    return [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-            (b"content-length", str(len(body)).encode())], body
-
-
-_SHED_QUEUE = _prebuilt_429("the batch queue is full; retry later")
-_SHED_INFLIGHT = _prebuilt_429("too many requests are in flight; retry later")
 
 
 class RequestLimits:

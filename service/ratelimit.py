@@ -8,7 +8,8 @@ Without Redis the buckets live in this process (at most `MAX_LOCAL_BUCKETS`, lea
 used dropped first, so a flood of client addresses cannot grow memory). With Redis configured
 they live in Redis, so that every replica draws from the same bucket: one Lua script reads,
 refills and takes atomically, on Redis's clock (`TIME`), so replicas' clocks do not matter.
-Keys are `<redis_key_prefix>ratelimit:<sha256 of the caller id>`, never client text.
+Keys are `<redis_key_prefix>ratelimit:<sha256 of the caller id>`, never client text. The Redis
+client is the cache's (built once by `lifecycle.build_services`, which closes it).
 
 Redis failing must not fail requests (nor let everyone through): on an error or a timeout the
 request is decided by the in-process bucket instead, counted in
@@ -24,7 +25,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,6 +33,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import errors
 from service.auth import METRICS_PATH, is_open
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger("service.ratelimit")
 MAX_LOCAL_BUCKETS = 10_000
@@ -109,16 +113,11 @@ return {allowed, tostring(wait)}
 class RedisBuckets:
     """Token buckets shared by every replica through Redis; falls back to `local` on errors."""
 
-    def __init__(self, url: str, rate: float, burst: int, *, prefix: str, timeout_s: float,
+    def __init__(self, redis: Redis, rate: float, burst: int, *, prefix: str, timeout_s: float,
                  local: LocalBuckets, errors_total: Counter) -> None:
-        from redis.asyncio import Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # No retries: a slow or absent Redis costs a request at most one timeout.
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s,
-                                     socket_connect_timeout=timeout_s,
-                                     retry=Retry(NoBackoff(), 0))
+        # `redis` has no retries (`lifecycle.connect_redis`): a slow or absent Redis costs a
+        # request at most one timeout.
+        self._redis = redis
         self._take = self._redis.register_script(_TAKE)
         self.rate = rate
         self.burst = burst
@@ -147,25 +146,22 @@ class RedisBuckets:
         return 0.0 if int(allowed) else float(wait)
 
     async def close(self) -> None:
-        try:
-            await self._redis.aclose()
-        except Exception as e:
-            log.warning("closing the rate limit's redis client failed: %s", e)
+        await self.local.close()   # the Redis client is not this limiter's to close
 
 
-def make_limiter(*, rate: float, burst: int, redis_url: str | None, prefix: str,
+def make_limiter(*, rate: float, burst: int, redis: Redis | None, prefix: str,
                  timeout_s: float, metrics: Metrics) -> Limiter | None:
-    """None when rate <= 0 (no limit); Redis-backed when a Redis URL is configured."""
+    """None when rate <= 0 (no limit); Redis-backed when a Redis client is given."""
     if rate <= 0:
         return None
     burst = burst or max(1, math.ceil(rate))
     local = LocalBuckets(rate, burst)
-    if not redis_url:
+    if redis is None:
         return local
     errors_total = Counter("service_ratelimit_backend_errors_total",
                            "Rate-limit decisions taken locally because Redis failed",
                            registry=metrics.registry)
-    return RedisBuckets(redis_url, rate, burst, prefix=prefix, timeout_s=timeout_s, local=local,
+    return RedisBuckets(redis, rate, burst, prefix=prefix, timeout_s=timeout_s, local=local,
                         errors_total=errors_total)
 
 

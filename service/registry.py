@@ -148,6 +148,7 @@ class Registry:
     time. `policy="measure"`: see `service.policy`; `policy_sizes` are output sides (the
     super-resolution models are measured at the matching low-resolution inputs). `lanes` (CPU)
     sets the forward passes at once instead: 0 leaves them to the measured policy (else 1).
+    `run_batch` is the function the batcher runs its batches with.
     """
 
     def __init__(self, store_root: Path | str, names: Sequence[str] = (), device: str = "auto",
@@ -254,6 +255,17 @@ class Registry:
         if model is None:
             return self.max_batch_size
         return model.policy.choose(key[1], key[2]).max_batch
+
+    def run_batch(self, key: tuple[str, int, int], items: Sequence[Payload]) -> list[np.ndarray]:
+        """The batcher's function: one forward pass of the model `key[0]` over `items` (one
+        (height, width) = `key[1:]`). The key holds no style, so a multi-style network's
+        requests for different styles share it (each item brings its own row of weights)."""
+        model = self._models.get(key[0])
+        if model is None:
+            raise LookupError(f"model {key[0]} is not loaded")
+        conditions = [c for _, c in items]
+        return model.run([p for p, _ in items],
+                         conditions if any(c is not None for c in conditions) else None)
 
     def use_lanes(self, lanes: int) -> None:
         """On a batch worker, before a batch that holds `lanes` of the `self.lanes` lanes

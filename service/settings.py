@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model_store import SHIPPED_ROOT, data_root
 
 MiB = 1024 * 1024
+PILLOW_MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)   # PIL.Image.open's hard limit
 
 
 def _default_style_images() -> Path | None:
@@ -89,7 +90,10 @@ class Settings(BaseSettings):
 
     # Limits on what a client may send
     max_body_bytes: int = Field(20 * MiB, ge=1)
-    max_pixels: int = Field(4096 * 4096, ge=1, description="input pixels, from the header")
+    # At most what Pillow's own decompression-bomb check (its default, left as it is: an error
+    # over 2 x 89478485 pixels) lets through behind ours.
+    max_pixels: int = Field(4096 * 4096, ge=1, le=PILLOW_MAX_PIXELS,
+                            description="input pixels, from the header")
     max_output_pixels: int = Field(8192 * 8192, ge=1, description="super-resolution output")
     codec_threads: int = Field(2, ge=1, description="threads that decode and encode images")
     max_decoded_bytes: int | None = Field(

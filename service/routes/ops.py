@@ -6,8 +6,8 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.admission import Phase
 from service.deps import ServicesDep
-from service.lifecycle import Phase
 from service.schemas import ErrorResponse, Health, ModelInfo, ModelList, PolicyInfo, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -22,10 +22,10 @@ async def healthz() -> Health:
             responses={503: {"model": Readiness, "description": "starting, draining or failed"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """200 once every model is loaded and warmed up; 503 while starting and while draining."""
-    lifecycle = services.lifecycle
-    body = Readiness(status=str(lifecycle.phase), models=len(services.registry.models()),
-                     error=lifecycle.error)
-    status = 200 if lifecycle.phase is Phase.READY else 503
+    admission = services.admission     # the one owner of the phase
+    body = Readiness(status=str(admission.phase), models=len(services.registry.models()),
+                     error=admission.error)
+    status = 200 if admission.phase is Phase.READY else 503
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 

@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import numpy as np
 
-from service.lifecycle import Phase
+from service.admission import Phase
 from tests.helpers import images
 from tests.helpers.models import hold
 from tests.helpers.server import running, until
@@ -127,7 +127,7 @@ async def test_drain_refuses_new_requests_and_finishes_admitted_ones(make_settin
         first = asyncio.create_task(post(r.client, images.png(seed=1)))
         await asyncio.to_thread(gate.entered.wait, 30)
         drain = asyncio.create_task(r.services.drain())
-        await until(lambda: r.services.lifecycle.phase is Phase.DRAINING, what="draining")
+        await until(lambda: r.services.admission.phase is Phase.DRAINING, what="draining")
         ready = await r.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["status"] == "draining"
         refused = await post(r.client, images.png(seed=2))

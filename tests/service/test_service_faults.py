@@ -158,22 +158,22 @@ async def test_clients_going_away_in_bulk_leave_nothing_behind(make_settings) ->
                          .encode() + sent)
             await writer.drain()
             writers.append(writer)
-        lifecycle = r.services.lifecycle
-        await until(lambda: r.services.batcher.queued == 10 and lifecycle.inflight == 21,
+        admission = r.services.admission
+        await until(lambda: r.services.batcher.queued == 10 and admission.inflight == 21,
                     what="10 queued and 10 reading their body")
         assert await r.metric("service_queue_depth", model="udnie") == 10
         for writer in writers:                           # all at once, mid-request
             writer.transport.abort()
-        await until(lambda: r.services.batcher.queued == 0 and lifecycle.inflight == 1,
+        await until(lambda: r.services.batcher.queued == 0 and admission.inflight == 1,
                     what="the 20 to be forgotten")
         assert len(r.services.inference.flights) == 1    # only the held request's
-        assert r.app.state.backlog.count == 1
+        assert admission.backlog == 1
         assert await r.metric("service_queue_depth", model="udnie") == 0
         gate.release.set()
         assert (await held).status_code == 200
         assert gate.batches == [1]                       # none of the 20 reached the model
-        await until(lambda: lifecycle.inflight == 0, what="nothing in flight")
-        assert len(r.services.inference.flights) == 0 and r.app.state.backlog.count == 0
+        await until(lambda: admission.inflight == 0, what="nothing in flight")
+        assert len(r.services.inference.flights) == 0 and admission.backlog == 0
         assert await r.metric("service_rejections_total", reason="client_disconnected") == 20
         ok = await r.client.post("/v1/stylize?style=udnie", content=images.png(seed=200),
                                  headers=PNG)
@@ -185,7 +185,7 @@ async def test_a_flood_past_the_backlog_is_shed_at_the_door(make_settings) -> No
     from the outermost middleware: no body read, no decode, no access-log line."""
     async with running(make_settings(models=["udnie"], queue_limit=2, max_batch_size=1)) as r:
         gate = hold(r.services, "udnie")
-        backlog = r.app.state.backlog
+        admission = r.services.admission
 
         def post(seed: int) -> asyncio.Task[httpx.Response]:
             return asyncio.create_task(r.client.post(
@@ -196,7 +196,7 @@ async def test_a_flood_past_the_backlog_is_shed_at_the_door(make_settings) -> No
         for seed, queued in ((2, 1), (3, 2)):
             admitted.append(post(seed))
             await until(lambda q=queued: r.services.batcher.queued == q, what=f"{queued} queued")
-        assert backlog.count == 3                         # queue limit 2 + a batch of 1
+        assert admission.backlog == 3                     # queue limit 2 + a batch of 1
         decodes = await r.metric("service_decode_seconds_count")
         flood = await asyncio.gather(*(post(10 + i) for i in range(10)))
         assert {resp.status_code for resp in flood} == {429}
@@ -207,7 +207,7 @@ async def test_a_flood_past_the_backlog_is_shed_at_the_door(make_settings) -> No
         assert await r.metric("service_rejections_total", reason="queue_full") == 10
         gate.release.set()
         assert [(await t).status_code for t in admitted] == [200, 200, 200]
-        await until(lambda: backlog.count == 0, what="an empty backlog")
+        await until(lambda: admission.backlog == 0, what="an empty backlog")
 
 
 async def raw(url: str, data: bytes, *, timeout_s: float = 10) -> bytes:

@@ -18,9 +18,10 @@ from service import imaging
 from service.cache import MemoryCache, RedisCache, cache_key, make_cache
 from service.deps import negotiate
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from service.lifecycle import connect_redis
 from service.metrics import Metrics
 from service.routes import transform
-from service.settings import Settings, get_settings
+from service.settings import PILLOW_MAX_PIXELS, Settings, get_settings
 from service.singleflight import SingleFlight
 from tests.helpers import images
 from tests.helpers.redis_server import free_port
@@ -79,23 +80,25 @@ async def test_memory_cache_is_an_lru_bounded_in_bytes() -> None:
 
 async def test_redis_errors_are_misses_and_counted() -> None:
     metrics = Metrics()
-    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=10, max_value_bytes=100,
-                       timeout_s=0.5, prefix="t:", metrics=metrics)
+    cache = RedisCache(connect_redis(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5),
+                       ttl_s=10, max_value_bytes=100, timeout_s=0.5, prefix="t:", metrics=metrics)
     started = time.monotonic()
     assert await cache.get("k") is None
     await cache.set("k", b"v")
     assert time.monotonic() - started < 5
     assert metrics.cache_errors.labels(backend="redis")._value.get() == 2
     await cache.close()
+    await cache.redis.aclose()    # the client is its builder's to close
 
 
 def test_make_cache_picks_the_backend() -> None:
     metrics = Metrics()
     common = dict(cache_ttl_s=1, cache_max_value_bytes=1, redis_timeout_s=0.1,
                   redis_key_prefix="p:", metrics=metrics)
-    assert make_cache(redis_url=None, cache_bytes=10, **common).backend == "memory"
-    assert make_cache(redis_url=None, cache_bytes=0, **common).backend == "none"
-    assert make_cache(redis_url="redis://x:1", cache_bytes=10, **common).backend == "redis"
+    assert make_cache(redis=None, cache_bytes=10, **common).backend == "memory"
+    assert make_cache(redis=None, cache_bytes=0, **common).backend == "none"
+    assert make_cache(redis=connect_redis("redis://x:1", 0.1), cache_bytes=10,
+                      **common).backend == "redis"
 
 
 # -- single flight -----------------------------------------------------------------------------
@@ -181,6 +184,25 @@ def test_output_limit_counts_the_scale() -> None:
     with pytest.raises(ImageTooLarge, match="output"):
         imaging.decode(images.png(100, 100), max_pixels=10_000, scale=8,
                        max_output_pixels=100_000)
+
+
+def test_decoded_bytes_limit_is_an_argument() -> None:
+    """1, 2 or 4 bytes a pixel by mode; unset, 4 bytes per allowed pixel. An argument, not a
+    process-wide setting: calls with different limits do not affect each other."""
+    rgb, gray = images.png(40, 20), images.png(40, 20, mode="L")     # 3200 and 800 bytes
+    with pytest.raises(ImageTooLarge, match="decodes to 3200 bytes; the limit is 3199"):
+        imaging.decode(rgb, max_pixels=800, max_decoded_bytes=3199)
+    assert imaging.decode(gray, max_pixels=800, max_decoded_bytes=800).rgb.shape == (20, 40, 3)
+    assert imaging.decode(rgb, max_pixels=800).rgb.shape == (20, 40, 3)   # 4 x 800 bytes
+    with pytest.raises(ImageTooLarge, match="the limit is 799"):
+        imaging.decode(gray, max_pixels=800, max_decoded_bytes=799)
+
+
+def test_max_pixels_stays_under_pillows_own_limit() -> None:
+    """Pillow's decompression-bomb check is left at its default, behind ours."""
+    assert PILLOW_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match="max_pixels"):
+        Settings(max_pixels=PILLOW_MAX_PIXELS + 1)
 
 
 def test_pad_and_encode() -> None:
