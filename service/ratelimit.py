@@ -117,8 +117,8 @@ class RedisBuckets:
                  local: LocalBuckets, errors_total: Counter) -> None:
         # `redis` has no retries (`lifecycle.connect_redis`): a slow or absent Redis costs a
         # request at most one timeout.
-        self._redis = redis
-        self._take = self._redis.register_script(_TAKE)
+        self.redis = redis
+        self._take = self.redis.register_script(_TAKE)
         self.rate = rate
         self.burst = burst
         self.prefix = prefix

@@ -18,7 +18,7 @@ from service import imaging
 from service.cache import MemoryCache, RedisCache, cache_key, make_cache
 from service.deps import negotiate
 from service.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
-from service.lifecycle import connect_redis
+from service.lifecycle import build_services, connect_redis
 from service.metrics import Metrics
 from service.routes import transform
 from service.settings import PILLOW_MAX_PIXELS, Settings, get_settings
@@ -267,3 +267,27 @@ def test_transform_routes_have_no_dependency_for_the_thread_pool() -> None:
         assert len(found) >= 4
         assert [c.__name__ for c in found if not (inspect.iscoroutinefunction(c)
                                                   or inspect.isasyncgenfunction(c))] == []
+
+
+# -- building the parts ------------------------------------------------------------------------
+
+
+async def test_the_parts_are_built_complete_with_one_redis_client_closed_once(
+        make_settings) -> None:
+    settings = make_settings(redis_url="redis://127.0.0.1:1/0", rate_limit_per_s=5,
+                             max_decoded_bytes=12345, tile_size=256, tile_overlap=32)
+    services = build_services(settings)      # nothing connects yet
+    assert services.redis is not None
+    assert services.cache.redis is services.redis and services.limiter.redis is services.redis
+    assert services.inference.max_decoded_bytes == 12345
+    assert services.inference.tiling.tile_for(1) == (256, 32)
+    closed: list[int] = []
+    close = services.redis.aclose
+
+    async def counted_close() -> None:
+        closed.append(1)
+        await close()
+
+    services.redis.aclose = counted_close
+    await services.stop()
+    assert closed == [1]
