@@ -27,12 +27,9 @@ import math
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,6 +43,7 @@ from typing import Any
 
 from bench import hostile
 from bench.machine import describe
+from bench.server import Launched, free_port, launch, redis_on
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -69,40 +67,17 @@ def limit_env(limits: hostile.Limits) -> dict[str, str]:
 
 # -- the service as a child process -------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
-    """`python -m service` on 127.0.0.1:<free port>, its log in a file, its memory from /proc."""
+    """A launched service (bench.server.launch) and what this benchmark reads of it: its memory
+    from /proc, /metrics, its log."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
-        self.port = free_port()
-        self.log_path = log_dir / f"{name}.log"
-        clean = {k: v for k, v in os.environ.items()
-                 if not k.startswith("SERVICE_") and k != "REDIS_URL"}
-        clean.update({"SERVICE_DEVICE": "cpu", "SERVICE_MODELS": f"{STYLE},{SR_MODEL}",
-                      "SERVICE_LOG_LEVEL": "info", "SERVICE_TORCH_THREADS": "1",
-                      **limit_env(LIMITS), **env})
-        self.env = clean
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
-                 str(self.port)], cwd=ROOT, env=clean, stdout=log, stderr=subprocess.STDOUT)
+    def __init__(self, launched: Launched) -> None:
+        self.launched = launched
+        self.port, self.proc, self.log_path = launched.port, launched.proc, launched.log_path
 
     async def ready(self, timeout_s: float = 300) -> None:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited: {self.log_path.read_text()[-2000:]}")
-            with suppress(OSError, ValueError, asyncio.IncompleteReadError):
-                status, _, _ = await get(self.port, "/readyz")
-                if status == 200:
-                    return
-            await asyncio.sleep(0.2)
-        raise TimeoutError("the service did not become ready")
+        """Wait for /readyz in a thread: the event loop stays free meanwhile."""
+        await asyncio.to_thread(self.launched.wait_ready, timeout_s)
 
     def status(self) -> dict[str, int]:
         """VmRSS and VmHWM (peak since start or the last reset), bytes."""
@@ -143,16 +118,6 @@ class Service:
             await asyncio.sleep(0.1)
         raise TimeoutError("the service did not become idle")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
         for line in self.log_path.read_text().splitlines():
@@ -163,11 +128,13 @@ class Service:
 
 @contextmanager
 def service(env: dict[str, str], log_dir: Path, name: str) -> Iterator[Service]:
-    svc = Service(env, log_dir, name)
-    try:
-        yield svc
-    finally:
-        svc.stop()
+    """`python -m service` on the CPU with the shipped models, one torch thread, LIMITS and
+    `env`, its log in `log_dir`/`name`.log; stopped at the end."""
+    settings = {"SERVICE_DEVICE": "cpu", "SERVICE_MODELS": f"{STYLE},{SR_MODEL}",
+                "SERVICE_LOG_LEVEL": "info", "SERVICE_TORCH_THREADS": "1",
+                **limit_env(LIMITS), **env}
+    with launch(settings, log_dir / f"{name}.log") as launched:
+        yield Service(launched)
 
 
 class RssSampler:
@@ -585,26 +552,6 @@ async def run_overload(log_dir: Path, quick: bool, overload_s: float) -> dict[st
 
 
 # -- faults ----------------------------------------------------------------------------------------
-
-@contextmanager
-def redis_on(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(500):
-            with suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.02)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
 
 async def fault_redis(log_dir: Path, quick: bool) -> dict[str, Any]:
     """Redis SIGKILLed at 1/4 of the run and started again at 1/2, under closed-loop load."""

@@ -1,16 +1,19 @@
-"""Start `python -m service` on 127.0.0.1 for a benchmark, and drive it with `bench.load`."""
+"""Start `python -m service` (and a redis-server beside it) on 127.0.0.1 for a benchmark, and
+drive it with `bench.load`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -40,32 +43,46 @@ def load_settings(device: str, max_batch_size: int, max_side: int, levels: list[
             "SERVICE_MAX_INFLIGHT": str(8 * max(levels)), "SERVICE_REQUEST_TIMEOUT_S": "300"}
 
 
+@dataclass
+class Launched:
+    """A `python -m service` child process: where it listens and where its output goes."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Poll /readyz until it says ready; an error if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the service exited ({self.proc.returncode}); the end of "
+                                   f"{self.log_path}:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the service was not ready in {timeout_s}s")
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
-          ) -> Iterator[str]:
-    """The service in a subprocess with SERVICE_* `settings` (nothing inherited from the
-    calling shell); yields its base URL once /readyz says ready; SIGTERM at the end."""
+def launch(settings: dict[str, str], log_path: Path) -> Iterator[Launched]:
+    """The service in a subprocess on 127.0.0.1:<free port> with SERVICE_* `settings` (none,
+    nor REDIS_URL, inherited from the calling shell), its output appended to `log_path`; not
+    waited for (see `Launched.wait_ready`); SIGTERM at the end, SIGKILL 60 s later."""
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SERVICE_") and k != "REDIS_URL"}
     env.update({"SERVICE_HOST": "127.0.0.1", "SERVICE_PORT": str(port),
                 "SERVICE_LOG_LEVEL": "warning", **settings})
-    url = f"http://127.0.0.1:{port}"
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited ({proc.returncode}); see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the service was not ready in {ready_timeout_s}s")
-            time.sleep(0.2)
-        yield url
+        yield Launched(f"http://127.0.0.1:{port}", port, proc, log_path)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -74,6 +91,48 @@ def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def serve(settings: dict[str, str], log_path: Path, ready_timeout_s: float = 900
+          ) -> Iterator[str]:
+    """`launch`, then its base URL once /readyz says ready."""
+    with launch(settings, log_path) as service:
+        service.wait_ready(ready_timeout_s)
+        yield service.url
+
+
+def redis_answers(host: str, port: int) -> bool:
+    """Whether a Redis at `host`:`port` answers PING."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_on(port: int, ready_timeout_s: float = 10) -> Iterator[subprocess.Popen[bytes]]:
+    """redis-server on 127.0.0.1:`port` (a given port, so that it can come back on the same
+    one), no persistence; yields the process once it answers, SIGKILL at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while not redis_answers("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def drive(url: str, path: str | list[str], bodies: list[Path], levels: list[int], *,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
@@ -25,9 +24,9 @@ from torch import nn
 from bench.hostile import Limits, corpus, send
 from service.app import create_app
 from service.middleware import bounded_http_protocol
-from tests.helpers import images
+from tests.helpers import images, redis_server
 from tests.helpers.models import hold
-from tests.helpers.redis_server import answers, free_port
+from tests.helpers.redis_server import free_port
 from tests.helpers.server import running, until
 
 PNG = {"content-type": "image/png"}
@@ -94,20 +93,10 @@ async def test_a_raising_model_fails_only_its_batch_and_the_worker_goes_on(make_
 
 @asynccontextmanager
 async def redis_on(port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """redis-server on a given port (so it can come back on the same one), killed at the end."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        await until(lambda: answers("127.0.0.1", port), timeout_s=10, what="redis-server")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    """redis-server on a given port (so it can come back on the same one), killed at the end;
+    started in a thread, so that the app goes on serving while it comes up."""
+    with contextlib.ExitStack() as stack:
+        yield await asyncio.to_thread(stack.enter_context, redis_server.redis_on(port))
 
 
 async def test_redis_killed_and_restarted_fails_nothing_and_the_cache_comes_back(
