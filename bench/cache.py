@@ -24,6 +24,7 @@ import numpy as np
 
 from bench.load import percentiles
 from bench.machine import describe, load_average, wait_until_quiet
+from bench.output import figure, finish
 from bench.server import PHOTOS, drive, photo_pngs, serve
 from service.cache import MemoryCache, RedisCache, cache_key
 from service.lifecycle import connect_redis
@@ -95,10 +96,6 @@ def http_level(settings: dict[str, str], body: Path, args: argparse.Namespace, l
 
 
 def plot(result: dict, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names, p50, p99 = [], [], []
     for backend, r in result["cache"].items():
         if "p50_ms" in r:
@@ -110,19 +107,16 @@ def plot(result: dict, out: Path) -> None:
             names.append(f"{backend} HTTP hit")
             p50.append(r["levels"][0]["p50_ms"])
             p99.append(r["levels"][0]["p99_ms"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(len(names))
-    ax.bar(x - 0.2, p50, 0.4, label="p50")
-    ax.bar(x + 0.2, p99, 0.4, label="p99")
-    ax.axhline(3, color="grey", ls=":", lw=0.8)
-    ax.set_xticks(x, names, rotation=20, ha="right")
-    ax.set_ylabel("ms")
-    ax.set_title(f"cache hit of a {result['value_side']}x{result['value_side']} PNG "
-                 f"({result['value_bytes'] // 1024} KiB), one at a time", fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    with figure(out, result, figsize=(7, 4)) as ax:
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, p50, 0.4, label="p50")
+        ax.bar(x + 0.2, p99, 0.4, label="p99")
+        ax.axhline(3, color="grey", ls=":", lw=0.8)
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_ylabel("ms")
+        ax.set_title(f"cache hit of a {result['value_side']}x{result['value_side']} PNG "
+                     f"({result['value_bytes'] // 1024} KiB), one at a time", fontsize=9)
+        ax.legend()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,13 +183,6 @@ def main(argv: list[str] | None = None) -> int:
                          "redis_hit_p50_under_3ms_met": None if redis_p50 is None
                          else redis_p50 < 3.0}
     result["load_average_end"] = load_average()
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    try:
-        plot(result, out.with_suffix(".png"))
-    except ImportError:
-        print("no plot: matplotlib is not installed")
-    print(json.dumps(result["targets"]))
-    print(f"wrote {out}")
-    return 0
+    return finish(out, result, plot, json.dumps(result["targets"]))
 
 

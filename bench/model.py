@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.machine import caption, describe, load_average, wait_until_quiet
+from bench.machine import describe, load_average, wait_until_quiet
+from bench.output import figure, finish, write_json
 from model_store import data_root
 from model_store.onnx_export import onnx_bytes
 from nets.architectures import build
@@ -346,49 +347,42 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def plot(result: dict, out: Path) -> None:
     """Speed-up over the baseline per path (batch 1), and per-image cost against the batch."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in result["results"] if "latency_ms" in r]
     networks = sorted({r["network"] for r in rows})
     if not rows:
         return
-    fig, axes = plt.subplots(2, len(networks), figsize=(5.5 * len(networks), 8), squeeze=False)
     paths = [p for p in result["paths"] if any(r["path"] == p for r in rows)]
     paths += sorted({r["path"] for r in rows if "lanes" in r})
     sizes = sorted({r["size"] for r in rows})
-    for col, network in enumerate(networks):
-        ax = axes[0][col]
-        width = 0.8 / max(1, len(sizes))
-        for i, size in enumerate(sizes):
-            vals = [next((r["speedup"] for r in rows if r["network"] == network and r["size"] ==
-                          size and r["batch"] == 1 and r["path"] == p and "speedup" in r), 0)
-                    for p in paths]
-            ax.bar(np.arange(len(paths)) + i * width, vals, width, label=f"{size}px")
-        ax.axhline(1, color="grey", lw=0.8)
-        ax.set_xticks(np.arange(len(paths)) + width * (len(sizes) - 1) / 2, paths, rotation=60,
-                      ha="right", fontsize=8)
-        ax.set_title(f"{network}: throughput over eager fp32, batch 1", fontsize=9)
-        ax.legend(fontsize=8)
-        ax = axes[1][col]
-        for p in ("eager_fp32", *sorted({r.get("service_path", "") for r in rows} - {""})):
-            for size in sizes:
-                pts = sorted((r["batch"], r["latency_ms"] / r["batch"]) for r in rows
-                             if r["network"] == network and r["size"] == size and r["path"] == p
-                             and "lanes" not in r)
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", label=f"{p} {size}px")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch")
-        ax.set_ylabel("ms per image")
-        ax.set_title(f"{network}: per-image cost against batch")
-        ax.legend(fontsize=7)
-    fig.suptitle(caption(result), fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    with figure(out, result, nrows=2, ncols=len(networks), figsize=(5.5 * len(networks), 8),
+                squeeze=False) as axes:
+        for col, network in enumerate(networks):
+            ax = axes[0][col]
+            width = 0.8 / max(1, len(sizes))
+            for i, size in enumerate(sizes):
+                vals = [next((r["speedup"] for r in rows if r["network"] == network
+                              and r["size"] == size and r["batch"] == 1 and r["path"] == p
+                              and "speedup" in r), 0) for p in paths]
+                ax.bar(np.arange(len(paths)) + i * width, vals, width, label=f"{size}px")
+            ax.axhline(1, color="grey", lw=0.8)
+            ax.set_xticks(np.arange(len(paths)) + width * (len(sizes) - 1) / 2, paths,
+                          rotation=60, ha="right", fontsize=8)
+            ax.set_title(f"{network}: throughput over eager fp32, batch 1", fontsize=9)
+            ax.legend(fontsize=8)
+            ax = axes[1][col]
+            for p in ("eager_fp32", *sorted({r.get("service_path", "") for r in rows} - {""})):
+                for size in sizes:
+                    pts = sorted((r["batch"], r["latency_ms"] / r["batch"]) for r in rows
+                                 if r["network"] == network and r["size"] == size
+                                 and r["path"] == p and "lanes" not in r)
+                    if pts:
+                        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{p} {size}px")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("batch")
+            ax.set_ylabel("ms per image")
+            ax.set_title(f"{network}: per-image cost against batch")
+            ax.legend(fontsize=7)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,28 +440,16 @@ def main(argv: list[str] | None = None) -> int:
                 for row in measure_cell(network, net, size, batch, cell_paths, dev, exported,
                                         args):
                     result["results"].append(row)
-                    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                                      for k, v in row.items()}), flush=True)
-                write(out, result)
+                    print(line(row), flush=True)
+                write_json(out, result)
                 with contextlib.suppress(Exception):
                     torch.cuda.empty_cache()
     result.update(summary=summary(result["results"]), load_average_end=load_average(),
                   duration_s=round(time.monotonic() - started, 1), complete=True)
-    write(out, result)
-    try:
-        plot(result, out.with_suffix(".png"))
-        print(f"wrote {out} and {out.with_suffix('.png')}")
-    except ImportError:
-        print(f"wrote {out} (no plot: matplotlib is not installed)")
-    for item in result["summary"]:
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                          for k, v in item.items()}))
-    return 0
+    return finish(out, result, plot, *map(line, result["summary"]))
 
 
-def write(path: Path, result: dict) -> None:
-    """Atomically: a partial result survives an interrupted run."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
+def line(row: dict) -> str:
+    """`row` as one line of JSON, floats to 3 decimals (for the terminal)."""
+    return json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.machine import caption, describe, load_average, wait_until_quiet
+from bench.machine import describe, load_average, wait_until_quiet
+from bench.output import by_concurrency, figure, finish, write_json
 from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 
 CONFIGS = {
@@ -239,33 +240,21 @@ def targets(result: dict, one: str) -> dict:
 
 
 def plot(result: dict, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for config, sweep_ in result["sweeps"].items():
-        for run_name, rows in sweep_["runs"].items():
-            x = [r["concurrency"] for r in rows]
-            style = "-" if run_name != "mixed" else "--"
-            label = f"{config}, {run_name}"
-            a.plot(x, [r["throughput_per_s"] for r in rows], style, marker="o", label=label)
-            b.plot(x, [r["p99_ms"] for r in rows], style, marker="o", label=label)
-    for side, raw_ in result["raw"]["sizes"].items():
-        a.axhline(raw_["best_images_per_s"], color="grey", lw=0.8, ls=":")
-        a.annotate(f"raw best {side}px", (1, raw_["best_images_per_s"]), fontsize=7)
-    for ax, title, unit in ((a, "throughput", "images/s"), (b, "p99 latency", "ms")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients (closed loop)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.legend(fontsize=7)
-    b.set_yscale("log")
-    fig.suptitle(f"python -m bench service: {result['model']} on {caption(result)}",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    with figure(out, result, f"python -m bench service: {result['model']}", ncols=2,
+                figsize=(12, 4.8)) as (a, b):
+        for config, sweep_ in result["sweeps"].items():
+            for run_name, rows in sweep_["runs"].items():
+                x = [r["concurrency"] for r in rows]
+                style = "-" if run_name != "mixed" else "--"
+                label = f"{config}, {run_name}"
+                a.plot(x, [r["throughput_per_s"] for r in rows], style, marker="o", label=label)
+                b.plot(x, [r["p99_ms"] for r in rows], style, marker="o", label=label)
+        for side, raw_ in result["raw"]["sizes"].items():
+            a.axhline(raw_["best_images_per_s"], color="grey", lw=0.8, ls=":")
+            a.annotate(f"raw best {side}px", (1, raw_["best_images_per_s"]), fontsize=7)
+        by_concurrency(a, "throughput", "images/s", legend_size=7)
+        by_concurrency(b, "p99 latency", "ms", legend_size=7)
+        b.set_yscale("log")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,17 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         log.unlink(missing_ok=True)
         for name in args.configs.split(","):
             result["sweeps"][name] = sweep(name, CONFIGS[name], bodies, levels, args, log, raw)
-            out.write_text(json.dumps(result, indent=1) + "\n")
+            write_json(out, result)
     result.update(targets=targets(result, str(args.size)), load_average_end=load_average(),
                   duration_s=round(time.monotonic() - started, 1))
     if device == "cpu":
         result["gpu_sweep"] = "pending: no GPU in this session; run python -m bench service " \
                               "on a CUDA machine"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    try:
-        plot(result, out.with_suffix(".png"))
-    except ImportError:
-        print("no plot: matplotlib is not installed")
-    print(json.dumps(result["targets"], indent=1))
-    print(f"wrote {out}")
-    return 0
+    return finish(out, result, plot, json.dumps(result["targets"], indent=1))

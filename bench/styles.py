@@ -35,7 +35,8 @@ from pathlib import Path
 import httpx
 import torch
 
-from bench.machine import caption, describe, load_average, wait_until_quiet
+from bench.machine import describe, load_average, wait_until_quiet
+from bench.output import by_concurrency, figure, finish, write_json
 from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 
 STYLES = "udnie,candy,mosaic,rain_princess,starry_night,the_wave"
@@ -99,28 +100,18 @@ def compare(result: dict) -> dict:
 
 
 def plot(result: dict, out: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for name, s in result["sweeps"].items():
-        rows = s.get("runs", [])
-        x = [r["concurrency"] for r in rows]
-        for ax, key in zip(axes, ("throughput_per_s", "p99_ms", "mean_batch"), strict=True):
-            ax.plot(x, [r[key] for r in rows], marker="o", label=name)
-    for ax, title, unit in zip(axes, ("throughput", "p99 latency", "mean batch (forward pass)"),
-                               ("images/s", "ms", "images"), strict=True):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients (closed loop)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"python -m bench styles: {len(result['styles'])} styles cycling, "
-                 f"{result['size']}px, on {caption(result)}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    heading = (f"python -m bench styles: {len(result['styles'])} styles cycling, "
+               f"{result['size']}px,")
+    with figure(out, result, heading, ncols=3, figsize=(15, 4.6)) as axes:
+        for name, s in result["sweeps"].items():
+            rows = s.get("runs", [])
+            x = [r["concurrency"] for r in rows]
+            for ax, key in zip(axes, ("throughput_per_s", "p99_ms", "mean_batch"), strict=True):
+                ax.plot(x, [r[key] for r in rows], marker="o", label=name)
+        for ax, title, unit in zip(axes, ("throughput", "p99 latency",
+                                          "mean batch (forward pass)"),
+                                   ("images/s", "ms", "images"), strict=True):
+            by_concurrency(ax, title, unit, legend_size=8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,14 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: skipped, {absent} not in the store", flush=True)
                 continue
             result["sweeps"][name] = sweep(name, wanted[name], bodies, levels, args, log)
-            out.write_text(json.dumps(result, indent=1) + "\n")
+            write_json(out, result)
     result.update(comparison=compare(result), load_average_end=load_average(),
                   duration_s=round(time.monotonic() - started, 1))
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    try:
-        plot(result, out.with_suffix(".png"))
-    except ImportError:
-        print("no plot: matplotlib is not installed")
-    print(json.dumps(result["comparison"], indent=1))
-    print(f"wrote {out}")
-    return 0
+    return finish(out, result, plot, json.dumps(result["comparison"], indent=1))
