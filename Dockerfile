@@ -70,10 +70,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip install -r /tmp/requirements.txt
 
 # The project itself, as a regular (non-editable) install into the venv.
-COPY train/ train/
+COPY nets/ nets/
 COPY model_store/ model_store/
+COPY train/ train/
 COPY service/ service/
 COPY bench/ bench/
+COPY report/ report/
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps .
 
