@@ -30,22 +30,35 @@ from bench.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Imported by the service process at start-up (as `sitecustomize`): from SIGUSR1 to SIGUSR2,
-# record the project files of every Python call on any thread, in order of first call.
+# Imported by the service process at start-up (as `sitecustomize`): between SIGUSR1 and SIGUSR2,
+# from the moment a connection is made, record the project files of every Python call on any
+# thread, in order of first call; but not the calls of the server's own periodic tick (its main
+# task, `serve`), which runs whether or not a request comes.
 _HOOK = """
-import json, os, signal, sys, threading
+import asyncio, json, os, signal, sys, threading
 _root, _out = os.environ["TRACE_ROOT"], os.environ["TRACE_OUT"]
-_seen, _on = {}, [False]
+_seen, _state = {}, {"armed": False, "on": False}
+def _server_tick():
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:          # a thread without an event loop: a worker of the request
+        return False
+    return task is not None and task.get_coro().__name__ == "serve"
 def _profile(frame, event, arg):
-    if _on[0] and event == "call":
-        name = frame.f_code.co_filename
-        if name not in _seen and name.startswith(_root) and "/.venv/" not in name:
-            _seen[name] = None
+    if event != "call" or not _state["armed"]:
+        return
+    code = frame.f_code
+    if not _state["on"]:
+        _state["on"] = code.co_name == "connection_made"
+    name = code.co_filename
+    if (_state["on"] and name not in _seen and name.startswith(_root)
+            and "/.venv/" not in name and not _server_tick()):
+        _seen[name] = None
 def _start(*_):
     _seen.clear()
-    _on[0] = True
+    _state["armed"] = True
 def _stop(*_):
-    _on[0] = False
+    _state["armed"] = _state["on"] = False
     with open(_out, "w") as f:
         json.dump(list(_seen), f)
 signal.signal(signal.SIGUSR1, _start)
@@ -53,7 +66,6 @@ signal.signal(signal.SIGUSR2, _stop)
 sys.setprofile(_profile)
 threading.setprofile(_profile)
 """
-
 
 def request_path(style: str = "udnie", repo: Path = REPO, timeout_s: float = 300) -> list[str]:
     """The paths relative to `repo` (a checkout), in order of first call."""

@@ -17,9 +17,9 @@ import contextlib
 import enum
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from service import errors
 
@@ -71,6 +71,13 @@ _SHED: dict[_Limit, Answer] = {
 }
 
 
+class Queue(Protocol):
+    """What admission reads of the batcher."""
+
+    @property
+    def queued(self) -> int: ...
+
+
 class Admission:
     """The phase, the in-flight count and the backlog of one app instance, and the decisions
     taken from them.
@@ -84,12 +91,12 @@ class Admission:
     """
 
     def __init__(self, *, queue_limit: int, max_batch_size: int, max_inflight: int,
-                 request_timeout_s: float, queue_depth: Callable[[], int]) -> None:
+                 request_timeout_s: float, queue: Queue) -> None:
         self.queue_limit = queue_limit
         self.backlog_limit = queue_limit + max_batch_size
         self.max_inflight = max_inflight
         self.request_timeout_s = request_timeout_s
-        self._queue_depth = queue_depth
+        self._queue = queue
         self._phase = Phase.STARTING
         self._error: str | None = None
         self._inflight = 0
@@ -121,7 +128,7 @@ class Admission:
     @property
     def queued(self) -> int:
         """Requests waiting in the batcher's queue."""
-        return self._queue_depth()
+        return self._queue.queued
 
     # -- phases --------------------------------------------------------------------------------
 

@@ -141,7 +141,7 @@ def build_services(settings: Settings) -> Services:
                           max_batch_size=settings.max_batch_size,
                           max_inflight=settings.max_inflight,
                           request_timeout_s=settings.request_timeout_s,
-                          queue_depth=lambda: batcher.queued)
+                          queue=batcher)
     metrics.watch_inflight(lambda: admission.inflight)
     redis = (connect_redis(settings.redis_url, settings.redis_timeout_s)
              if settings.redis_url else None)

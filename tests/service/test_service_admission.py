@@ -25,7 +25,7 @@ class Queue:
     """Stands in for the batcher's queue depth."""
 
     def __init__(self) -> None:
-        self.depth = 0
+        self.queued = 0
 
 
 def make(queue: Queue | None = None, *, queue_limit: int = 4, max_batch_size: int = 2,
@@ -33,7 +33,7 @@ def make(queue: Queue | None = None, *, queue_limit: int = 4, max_batch_size: in
     q = queue or Queue()
     admission = Admission(queue_limit=queue_limit, max_batch_size=max_batch_size,
                           max_inflight=max_inflight, request_timeout_s=30,
-                          queue_depth=lambda: q.depth)
+                          queue=q)
     if ready:
         admission.mark_ready()
     return admission
@@ -91,9 +91,9 @@ def test_draining_is_503_shutting_down_with_retry_after() -> None:
 def test_a_full_batch_queue_is_429_queue_full_on_both_paths() -> None:
     queue = Queue()
     admission = make(queue, queue_limit=4)
-    queue.depth = 3
+    queue.queued = 3
     assert admission.refusal() is None and admission.shed() is None
-    queue.depth = 4
+    queue.queued = 4
     refusal = refused(admission)
     assert (refusal.status, refusal.code) == (429, "queue_full")
     assert refusal.headers == {"Retry-After": "1"}
@@ -196,7 +196,7 @@ async def test_load_shed_answers_from_the_admission_and_counts_it() -> None:
         app=LoadShed(inner, admission=admission, metrics=metrics)), base_url="http://t")
     async with client:
         assert (await client.post("/v1/stylize")).status_code == 200
-        queue.depth = 1
+        queue.queued = 1
         shed = await client.post("/v1/stylize")
         assert shed.status_code == 429 and shed.headers["retry-after"] == "1"
         assert shed.json()["error"]["code"] == "queue_full"
