@@ -51,6 +51,11 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
 Payload = tuple[np.ndarray, np.ndarray | None]
 
 
+def model_of(key: tuple[str, int, int]) -> str:
+    """The batcher's label of a (model, height, width) key: its metrics are per model."""
+    return key[0]
+
+
 def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError)
 
@@ -114,11 +119,11 @@ class LoadedModel:
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
                 y = runner((x.float() / 255).contiguous(), *extra)
                 y = (y.float().clamp(0, 1) * 255).round().to(torch.uint8)
-                y = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+                out = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise
-        return list(y)
+        return list(out)
 
     def _mix(self, conditions: Sequence[np.ndarray | None] | None, n: int
              ) -> torch.Tensor | None:
@@ -186,7 +191,7 @@ class Registry:
             started = time.monotonic()
             module, manifest = self.store.load(name)
             cl = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-            module = module.to(self.device, self.dtype, memory_format=cl).eval()
+            module = module.to(self.device, self.dtype).to(memory_format=cl).eval()
             model = LoadedModel(name, manifest, module, self.device, self.dtype,
                                 policies.fixed_policy(self.base_path, self.max_batch_size))
             if self.policy == "measure" and self.policy_sizes:
@@ -223,7 +228,7 @@ class Registry:
         else:
             fp32 = copy.deepcopy(model.module).float()
             reference = execution.TorchRunner(
-                fp32.to("cpu", memory_format=torch.contiguous_format), torch.float32)
+                fp32.to("cpu").to(memory_format=torch.contiguous_format), torch.float32)
         # What is timed and checked: a multi-style network with every style weighted equally
         # (the weights do not change the cost; the rewrite leaves the norm layers as they are).
         runners = {p: equal_weights(r, styles) for p, r in paths.items()} if styles else paths
