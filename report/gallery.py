@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         net, _ = store.load(m.name)
         painting = load_rgb(data / "styles" / Path(m.training["config"]["style_image"]).name,
                             args.size)
-        entry = {"name": m.name, "outputs": [], "painting": save(
+        entry: dict[str, Any] = {"name": m.name, "outputs": [], "painting": save(
             painting.permute(1, 2, 0).numpy(), f"gallery/styles/{m.name}.jpg")}
         for stem, im in photos.items():
             with torch.inference_mode():

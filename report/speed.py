@@ -7,10 +7,11 @@ GPU benchmark are quoted beside, each with its machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from report.common import (
     write_json,
     write_text,
 )
+
+if TYPE_CHECKING:
+    from train.vgg import LossNetwork
 
 # The paper's speed table (seconds on a GTX Titan X): Gatys et al. at 100/300/500 L-BFGS
 # iterations, and one forward pass of the style network.
@@ -49,7 +53,7 @@ def gpu_reference(path: Path = GPU_BENCH) -> dict[str, Any]:
     return {"source": str(path.relative_to(REPO)), "machine": doc["machine"], "latency_ms": ms}
 
 
-def gatys_timing(vgg: torch.nn.Module, content: torch.Tensor, style: torch.Tensor,
+def gatys_timing(vgg: LossNetwork, content: torch.Tensor, style: torch.Tensor,
                  measured: int, totals: list[int]) -> dict[str, Any]:
     """Time `measured` L-BFGS iterations; totals beyond them are extrapolated from the median
     time of an iteration after the first (which also pays for the Gram targets and warm-up).
@@ -185,8 +189,9 @@ def run(args: argparse.Namespace) -> int:
         photo = square(data / "content-images" / "chicago.jpg")
         pixels = (photo[0] * 255).round().byte().permute(1, 2, 0).numpy()
         with torch.no_grad():
-            eager, eager_runs = median_seconds(lambda photo=photo: net(photo), args.runs)
-        service, service_runs = median_seconds(lambda p=pixels: service_model.run([p]), args.runs)
+            eager, eager_runs = median_seconds(functools.partial(net, photo), args.runs)
+        service, service_runs = median_seconds(functools.partial(service_model.run, [pixels]),
+                                                args.runs)
         gatys = gatys_timing(vgg, photo, square(data / "styles" / "udnie.jpg"),
                              measure.get(size, 3), totals)
         sizes[str(size)] = {"gatys": gatys, "network": {

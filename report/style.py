@@ -8,6 +8,7 @@ document, so tests check them on small hand-made inputs without running any netw
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from pathlib import Path
@@ -142,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         for content_name in content_names:
             photo = load_image(data / "content-images" / f"{content_name}.jpg", args.size)
             with torch.no_grad():
-                seconds, _ = median_seconds(lambda net=net, photo=photo: net(photo), args.runs)
+                seconds, _ = median_seconds(functools.partial(net, photo), args.runs)
                 out = net(photo)
             started = time.perf_counter()
             image, history = stylize_by_optimisation(

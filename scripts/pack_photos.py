@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 
 def pack(src: Path, out: Path, side: int, quality: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    im: Image.Image   # the opened file, then converted copies of it
     with Image.open(src) as im:
         im.draft("RGB", (side, side))
         im = ImageOps.exif_transpose(im).convert("RGB")

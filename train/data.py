@@ -28,6 +28,7 @@ def image_files(root: Path | str) -> list[Path]:
 def load_rgb(path: Path, short_side: int | None = None, min_side: int = 0) -> torch.Tensor:
     """uint8 (3, H, W), EXIF orientation applied. The shorter side is resized to `short_side`
     if given, else only images whose shorter side is below `min_side` are enlarged to it."""
+    im: Image.Image   # the opened file, then converted copies of it
     with Image.open(path) as im:
         if short_side and im.format == "JPEG":
             im.draft("RGB", (short_side, short_side))  # let libjpeg decode at a reduced scale

@@ -17,7 +17,6 @@ so far: what a user stopping after that many iterations would keep.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -35,12 +34,12 @@ from train.losses import feature_loss, gram, style_loss, tv_loss
 from train.vgg import LossNetwork
 from train.vgg_weights import resolve
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(StyleConfig)}
-CONTENT_WEIGHT: float = _DEFAULTS["content_weight"]
-STYLE_WEIGHT: float = _DEFAULTS["style_weight"]
-TV_WEIGHT: float = _DEFAULTS["tv_weight"]
-CONTENT_LAYER: str = _DEFAULTS["content_layer"]
-STYLE_LAYERS: tuple[str, ...] = tuple(_DEFAULTS["style_layers"].split(","))
+_DEFAULTS = StyleConfig()
+CONTENT_WEIGHT: float = _DEFAULTS.content_weight
+STYLE_WEIGHT: float = _DEFAULTS.style_weight
+TV_WEIGHT: float = _DEFAULTS.tv_weight
+CONTENT_LAYER: str = _DEFAULTS.content_layer
+STYLE_LAYERS: tuple[str, ...] = tuple(_DEFAULTS.style_layers.split(","))
 FIRST_STEP = 1 / 255  # mean pixel change of L-BFGS's first step: one grey level
 
 
@@ -160,7 +159,8 @@ def stylize_by_optimisation(
     history: list[dict[str, float]] = []
     paused = 0.0  # time spent on reports, left out of "seconds"
     for it in range(1, iterations + 1):
-        opt.step(closure)
+        # torch's stub types the closure's loss as float; both optimisers take the tensor
+        opt.step(closure)  # type: ignore[arg-type]
         with torch.no_grad():
             u.clamp_(0, 1 / scale)
         if report and it not in report:

@@ -44,6 +44,8 @@ class LossNetwork(nn.Module):
                                     if int(k.split(".")[0][4:]) < len(self.layers)})
         self.requires_grad_(False)
         self.eval()
+        self.mean: torch.Tensor
+        self.scale: torch.Tensor
         if kind == "vgg19":  # Keras/Caffe convention: BGR, 0-255, mean subtracted
             self.register_buffer("mean", torch.tensor([103.939, 116.779, 123.68]).view(1, 3, 1, 1))
             self.register_buffer("scale", torch.tensor(255.0))
