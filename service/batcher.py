@@ -58,8 +58,8 @@ class Done(Generic[R]):
 
 
 @dataclass(eq=False)
-class _Pending:
-    key: Hashable
+class _Pending(Generic[K]):
+    key: K
     payload: Any
     future: asyncio.Future[Done[Any]]
     enqueued_at: float
@@ -96,7 +96,7 @@ class Batcher(Generic[K, P, R]):
         self._label = label
         self._is_oom = is_oom
         self._observer = observer
-        self._queues: dict[Hashable, deque[_Pending]] = {}
+        self._queues: dict[K, deque[_Pending[K]]] = {}
         self._queued = 0
         self._depth: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
@@ -224,19 +224,19 @@ class Batcher(Generic[K, P, R]):
         """Lanes for the next batch: all of them if it would run alone, else an equal share;
         fixed while any batch runs, so that concurrent batches hold equal shares."""
         if self._busy == 0:
-            ready = sum(math.ceil(len(q) / self.limit(k))  # type: ignore[arg-type]
+            ready = sum(math.ceil(len(q) / self.limit(k))
                         for k, q in self._queues.items() if self._is_ready(k, q, time.monotonic()))
             self._share = self.lanes // min(self.lanes, max(1, ready))
         return self._share
 
-    def _is_ready(self, key: Hashable, queue: deque[_Pending], now: float) -> bool:
+    def _is_ready(self, key: K, queue: deque[_Pending[K]], now: float) -> bool:
         if not queue:
             return False
-        full = (len(queue) >= self.limit(key)  # type: ignore[arg-type]
+        full = (len(queue) >= self.limit(key)
                 or sum(p.cost for p in queue) >= self.max_batch_cost)
         return self._flush or full or queue[0].enqueued_at + self.max_wait_s <= now
 
-    def _pick(self) -> tuple[Hashable | None, float | None]:
+    def _pick(self) -> tuple[K | None, float | None]:
         """The ready key whose oldest request is oldest, else how long until one is due."""
         now = time.monotonic()
         best, best_age, next_due = None, math.inf, math.inf
@@ -253,13 +253,13 @@ class Batcher(Generic[K, P, R]):
             return best, None
         return None, (None if next_due == math.inf else max(0.0, next_due - now))
 
-    def _take(self, key: Hashable) -> list[_Pending]:
+    def _take(self, key: K) -> list[_Pending[K]]:
         """Pop a batch from the front of `key`'s queue; expired requests get DeadlineExceeded."""
         queue = self._queues[key]
         now = time.monotonic()
-        batch: list[_Pending] = []
+        batch: list[_Pending[K]] = []
         cost = 0
-        limit = self.limit(key)  # type: ignore[arg-type]
+        limit = self.limit(key)
         while queue and len(batch) < limit:
             pending = queue[0]
             if batch and cost + pending.cost > self.max_batch_cost:
@@ -279,7 +279,7 @@ class Batcher(Generic[K, P, R]):
             del self._queues[key]
         return batch
 
-    async def _run(self, key: Hashable, batch: list[_Pending], lanes: int = 1) -> None:
+    async def _run(self, key: K, batch: list[_Pending[K]], lanes: int = 1) -> None:
         if not batch:
             return
         loop = asyncio.get_running_loop()
@@ -298,7 +298,7 @@ class Batcher(Generic[K, P, R]):
                 pending.future.set_result(Done(output, started - pending.enqueued_at,
                                                compute_s, len(batch)))
         if self._observer is not None:
-            self._observer.batch_done(self._label(key),  # type: ignore[arg-type]
+            self._observer.batch_done(self._label(key),
                                       [started - p.enqueued_at for p in batch], compute_s)
 
     def _run_on_lanes(self, key: K, payloads: list[P], lanes: int) -> list[R]:
@@ -323,7 +323,7 @@ class Batcher(Generic[K, P, R]):
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def _remove(self, pending: _Pending) -> None:
+    def _remove(self, pending: _Pending[K]) -> None:
         queue = self._queues.get(pending.key)
         if queue is None or pending not in queue:
             return
@@ -332,9 +332,9 @@ class Batcher(Generic[K, P, R]):
             del self._queues[pending.key]
         self._count(pending.key, -1)
 
-    def _count(self, key: Hashable, delta: int) -> None:
+    def _count(self, key: K, delta: int) -> None:
         self._queued += delta
-        label = self._label(key)  # type: ignore[arg-type]
+        label = self._label(key)
         self._depth[label] += delta
         if self._observer is not None:
             self._observer.queue_depth(label, self._depth[label])

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ BATCH_GAIN = 0.97        # a batch twice as large must cut the per-image cost by
 # compares the two under load: `measured` against `one_lane`).
 LANES_GAIN = 0.95
 LANES_ROUNDS = 2         # lane options measured in turn this often; the best round counts
+
+N = TypeVar("N", bound=Hashable)   # the names of the calls timed together
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,8 @@ def levels(y: torch.Tensor) -> torch.Tensor:
     return (y.float().clamp(0, 1) * 255).round().cpu()
 
 
-def time_calls(fns: dict[Hashable, Callable[[], object]], device: torch.device, *,
-               min_s: float, max_reps: int, min_reps: int = 2) -> dict[Hashable, float]:
+def time_calls(fns: dict[N, Callable[[], object]], device: torch.device, *,
+               min_s: float, max_reps: int, min_reps: int = 2) -> dict[N, float]:
     """Seconds per call of each function: the minimum over repeats after one warm-up call each
     (the minimum, because other load on the machine only ever adds time). The functions take
     turns, so that a burst of other load cannot decide between them; at least `min_reps`
@@ -128,7 +131,7 @@ def time_calls(fns: dict[Hashable, Callable[[], object]], device: torch.device, 
 
     for fn in fns.values():
         once(fn)
-    times: dict[Hashable, list[float]] = {name: [] for name in fns}
+    times: dict[N, list[float]] = {name: [] for name in fns}
     reps = 0
     while reps < min_reps or (reps < max_reps and sum(map(sum, times.values())) < min_s * len(fns)):
         for name, fn in fns.items():

@@ -7,6 +7,7 @@ others; when the last caller has gone it is cancelled (and so leaves the batch q
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -38,7 +39,7 @@ class SingleFlight(Generic[T]):
         if call is None:
             call = _Call(asyncio.ensure_future(fn()))
             self._calls[key] = call
-            call.task.add_done_callback(lambda _t, c=call: self._forget(key, c))
+            call.task.add_done_callback(functools.partial(self._forget, key, call))
         call.waiters += 1
         try:
             return await asyncio.shield(call.task), shared
@@ -47,6 +48,7 @@ class SingleFlight(Generic[T]):
             if call.waiters == 0 and not call.task.done():
                 call.task.cancel()
 
-    def _forget(self, key: str, call: _Call[T]) -> None:
+    def _forget(self, key: str, call: _Call[T], _task: asyncio.Task[T]) -> None:
+        """Done callback of `call`'s task: drop it, unless a newer call holds the key."""
         if self._calls.get(key) is call:
             del self._calls[key]
