@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(settings)
     services: Services = app.state.services
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=settings.drain_timeout_s,
+                            access_log=False,
+                            # uvicorn annotates int; it only goes to asyncio.timeout, a float works
+                            timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
                             log_level=settings.log_level,
                             # The request head, bounded in bytes (twice the app's URL + header
                             # limits, which answer 414/431 below that) and in time.

@@ -23,7 +23,7 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -143,7 +143,7 @@ class OpenVinoRunner(ExportedRunner):
 
     def request(self, threads: int) -> Any:
         """This thread's inference request on `threads` threads (a request is not thread-safe)."""
-        mine = vars(self._requests)
+        mine = cast(dict[int, Any], vars(self._requests))   # this thread's, by thread count
         if threads not in mine:
             mine[threads] = self._core.compile_model(self._model, "CPU", {
                 "INFERENCE_NUM_THREADS": threads,
@@ -200,8 +200,9 @@ def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
                   "float32": [torch.float32], "bfloat16": [torch.bfloat16]}[dtype_setting]
 
         def on_gpu(net: nn.Module, dt: torch.dtype) -> Callable[[], Runner]:
-            return lambda: TorchRunner(copy.deepcopy(net).to(dt, memory_format=torch.channels_last),
-                                       dt, channels_last=True)
+            return lambda: TorchRunner(
+                copy.deepcopy(net).to(dt).to(memory_format=torch.channels_last), dt,
+                channels_last=True)
 
         for dt in dtypes:
             name = _DTYPE_NAMES.get(dt, "channels_last")

@@ -283,7 +283,7 @@ class ImageNorm:
         for norm in self.norms:
             norm.register_forward_hook(self._normalise)
 
-    def _normalise(self, norm: nn.Module, inputs: tuple[torch.Tensor, ...],
+    def _normalise(self, norm: nn.InstanceNorm2d, inputs: tuple[torch.Tensor, ...],
                    output: torch.Tensor) -> torch.Tensor | None:
         stats = self.stats.get(norm)
         if stats is None:
@@ -334,7 +334,7 @@ class ImageNorm:
 
         def record(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             x = inputs[0].float()
-            w = F.adaptive_avg_pool2d(torch.stack(weights)[:, None], x.shape[-2:])
+            w = F.adaptive_avg_pool2d(torch.stack(weights)[:, None], (x.shape[-2], x.shape[-1]))
             sums[0] += (x * w).sum((0, 2, 3))
             sums[1] += (x * x * w).sum((0, 2, 3))
             sums[2] += w.sum()

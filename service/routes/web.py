@@ -78,6 +78,7 @@ def find_painting(folder: Path | None, style: str) -> Path | None:
 @lru_cache(maxsize=64)
 def _thumbnail(path: Path, mtime_ns: int) -> bytes:
     """The JPEG thumbnail of `path`, cached per file version (mtime is part of the key)."""
+    im: Image.Image   # the opened file, then converted copies of it
     with Image.open(path) as im:
         im.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))   # JPEG: decode at a reduced size
         im = im.convert("RGB")
