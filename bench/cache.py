@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ from bench.load import percentiles
 from bench.machine import describe, load_average, wait_until_quiet
 from bench.output import figure, finish
 from bench.server import PHOTOS, drive, photo_pngs, serve
-from service.cache import MemoryCache, RedisCache, cache_key
+from service.cache import Cache, MemoryCache, RedisCache, cache_key
 from service.lifecycle import connect_redis
 from service.metrics import Metrics
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                         "value_bytes": len(value), "cache": {}, "http": {}}
         redis_ok = redis_answers(args.redis_url)
         prefix = f"pst-bench:{os.getpid()}:"
-        caches = {"memory": lambda: MemoryCache(256 * MiB, 64 * MiB, Metrics())}
+        caches: dict[str, Callable[[], Cache]] = {
+            "memory": lambda: MemoryCache(256 * MiB, 64 * MiB, Metrics())}
         if redis_ok:
             caches["redis"] = lambda: RedisCache(connect_redis(args.redis_url, 1.0), ttl_s=600,
                                                  max_value_bytes=64 * MiB, timeout_s=1.0,

@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import httpx
@@ -61,7 +61,7 @@ def batch_sizes(before: str, after: str) -> dict:
     h0, h1 = histogram(before, "service_batch_size"), histogram(after, "service_batch_size")
     f0, f1 = (histogram(before, "service_forward_seconds"),
               histogram(after, "service_forward_seconds"))
-    dist: Counter[str] = Counter()
+    dist: defaultdict[str, float] = defaultdict(float)
     batches = images = forward_s = 0.0
     for model, cur in h1.items():
         old = h0.get(model, {})

@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ from service.execution import (
 from service.rewrite import rewrite
 
 # The shipped models' architectures (the model store records the same options).
-NETWORKS = {
+NETWORKS: dict[str, tuple[str, str, dict[str, Any], int]] = {
     "style": ("udnie", "style", {"norm": "instance", "upsample": "resize_conv",
                                  "padding": "reflect"}, 1),
     "sr_x4": ("sr_x4", "superres", {"factor": 4, "norm": "none", "upsample": "resize_conv",

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -200,11 +200,13 @@ class Client:
         for name, value in (headers or {}).items():
             head += f"{name}: {value}\r\n"
         head += f"Content-Length: {len(body)}\r\n\r\n"
-        conn = None
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         step = "connect"
         try:
-            conn = self._take() or await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.port), timeout_s)
+            conn = self._take()
+            if conn is None:
+                conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port),
+                                              timeout_s)
             reader, writer = conn
             step = "send"
             writer.write(head.encode() + body)
@@ -296,7 +298,7 @@ def server_quantile(before: dict[str, float], after: dict[str, float], q: float,
                     **match: str) -> float | None:
     """The q-quantile of service_request_duration_seconds between two scrapes, as the upper
     bound of its histogram bucket (the server's own view, without the client's scheduling)."""
-    counts: Counter[float] = Counter()
+    counts: defaultdict[float, float] = defaultdict(float)
     for key, value in after.items():
         if key.startswith("service_request_duration_seconds_bucket{"):
             found = labels(key)
@@ -335,7 +337,7 @@ async def run_corpus(log_dir: Path, quick: bool) -> dict[str, Any]:
     if quick:
         cases = [c for c in cases if c.name not in LARGEST]
     cases.sort(key=lambda c: c.name in LARGEST)
-    rows = []
+    rows: list[dict[str, Any]] = []
     with service({}, log_dir, "corpus") as svc:
         await svc.ready()
         client = Client(svc.port)
@@ -409,10 +411,11 @@ def run_schemathesis_sync(port: int, examples: int) -> dict[str, Any]:
     hostile.register_image_strategies()
     schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
     # Random names are 404s: known ones (twice as often) take requests on to the model.
-    known = {"/v1/stylize": [{"style": STYLE}] * 2, "/v1/superres": [{"factor": FACTOR}] * 2}
+    known: dict[str, list[dict[str, Any]]] = {"/v1/stylize": [{"style": STYLE}] * 2,
+                                              "/v1/superres": [{"factor": FACTOR}] * 2}
     operations = [("POST", "/v1/stylize"), ("POST", "/v1/superres"), ("GET", "/v1/models"),
                   ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
-    results = []
+    results: list[dict[str, Any]] = []
     for method, path in operations:
         for mode in GenerationMode:
             if mode is GenerationMode.NEGATIVE and path not in known:
@@ -752,9 +755,10 @@ async def fault_disconnects(log_dir: Path, quick: bool) -> dict[str, Any]:
             return replies
 
         with RssSampler(svc) as sampler:
-            results = await asyncio.gather(stayers(), *(leaver(i) for i in range(n)))
+            leaving = asyncio.gather(*(leaver(i) for i in range(n)))   # alongside the stayer
+            stayed = await stayers()
+            await leaving
             drained_s = await svc.idle()
-        stayed = results[0]
         stayer_client.close()
         m = await svc.metrics()
         after = await Client(svc.port).request("POST", target, inputs.unique(), PNG)

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -195,7 +196,7 @@ def in_turns(url: str, path: str, files: list[Path], raw: RawModel, side: int, i
                 for part in answer.headers["server-timing"].split(", "):
                     name, dur = part.split(";dur=")
                     parts.setdefault(name, []).append(float(dur))
-    res = {"pairs": pairs, "http_p50_ms": statistics.median(http),
+    res: dict[str, Any] = {"pairs": pairs, "http_p50_ms": statistics.median(http),
            "raw_batch1_p50_ms": statistics.median(forward),
            "server_timing_p50_ms": {k: statistics.median(v) for k, v in parts.items()}}
     res["p50_minus_raw_ms"] = res["http_p50_ms"] - res["raw_batch1_p50_ms"]
