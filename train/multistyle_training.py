@@ -7,7 +7,6 @@ the per-style networks already trained (much cheaper: no loss network).
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from torch import nn
 
 from nets.multistyle_net import MultiStyleNet
 from train import data, loop
-from train.config import MultiStyleConfig, StyleConfig, add_arguments, from_args
+from train.config import MultiStyleConfig, StyleConfig
 from train.losses import pixel_loss
 from train.style_training import StyleObjective, load_loss_network, load_style_image
 
@@ -50,13 +49,7 @@ class Distillation(nn.Module):
         return {"distil": pixel_loss(net(x), target)}
 
 
-def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, MultiStyleConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    run(from_args(MultiStyleConfig, args))
-    return 0
+CONFIG = MultiStyleConfig   # its fields are the flags of `python -m train` (train/__main__.py)
 
 
 def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:

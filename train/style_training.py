@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from torch import nn
 
 from nets.style_net import StyleNet
 from train import data, loop
-from train.config import StyleConfig, add_arguments, from_args
+from train.config import StyleConfig
 from train.losses import feature_loss, gram, style_loss, tv_loss
 from train.vgg import LossNetwork
 from train.vgg_weights import resolve
@@ -58,13 +57,7 @@ class StyleObjective(nn.Module):
                 "tv": cfg.tv_weight * tv_loss(y)}
 
 
-def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, StyleConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    run(from_args(StyleConfig, args))
-    return 0
+CONFIG = StyleConfig   # its fields are the flags of `python -m train` (train/__main__.py)
 
 
 def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 from typing import Any
 
@@ -11,7 +10,7 @@ from torch import nn
 
 from nets.superres_net import SuperResNet
 from train import data, loop
-from train.config import SuperResConfig, add_arguments, from_args
+from train.config import SuperResConfig
 from train.degrade import degrade
 from train.losses import feature_loss, pixel_loss, tv_loss
 from train.style_training import load_loss_network
@@ -41,13 +40,7 @@ class SuperResObjective(nn.Module):
         return {**main, "tv": cfg.tv_weight * tv_loss(y)}
 
 
-def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
-    add_arguments(parser, SuperResConfig)
-
-
-def main(args: argparse.Namespace) -> int:
-    run(from_args(SuperResConfig, args))
-    return 0
+CONFIG = SuperResConfig   # its fields are the flags of `python -m train` (train/__main__.py)
 
 
 def run(cfg: SuperResConfig) -> tuple[nn.Module, loop.Result]:
