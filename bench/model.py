@@ -100,7 +100,8 @@ def photos(folder: Path, side: int, count: int) -> torch.Tensor:
             a = np.asarray(img.resize((side, side), Image.Resampling.BICUBIC), np.float32)
         else:
             yy, xx = np.mgrid[0:side, 0:side] / side
-            a = 255 * np.stack([np.sin(6 * xx + i) ** 2, yy, np.cos(5 * yy * xx) ** 2], -1)
+            a = 255 * np.stack([np.sin(6 * xx + i) ** 2, yy, np.cos(5 * yy * xx) ** 2], -1,
+                               dtype=np.float32)
         out.append(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) / 255)
     return torch.stack(out)
 

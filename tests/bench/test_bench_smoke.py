@@ -21,12 +21,14 @@ def test_every_subcommand_is_registered() -> None:
     assert {"model", "service", "cache"} <= set(BENCHMARKS)
 
 
-def test_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("photos", ["shared", "none"])   # a clone without the data: synthetic
+def test_model(tmp_path: Path, photos: str) -> None:
     out = tmp_path / "model.json"
+    images = str(bench_model.IMAGES if photos == "shared" else tmp_path / "no-photos")
     assert bench_model.main(["--device", "cpu", "--networks", "style,sr_x4", "--sizes", "32",
                              "--batches", "1", "--paths", "eager_fp32,rewrite",
                              "--min-s", "0", "--min-runs", "1", "--max-runs", "1",
-                             "--lanes", "", "--out", str(out)]) == 0
+                             "--lanes", "", "--images", images, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["complete"] and set(result["machine"]) >= MACHINE
     assert len(result["load_average_start"]) == len(result["load_average_end"]) == 3
