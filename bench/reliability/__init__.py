@@ -45,7 +45,7 @@ from bench import hostile
 from bench.machine import describe
 from bench.server import Launched, free_port, launch, redis_on
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 MiB = 1024 * 1024
 STYLE, SR_MODEL, FACTOR = "udnie", "sr_x4", 4
