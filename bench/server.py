@@ -69,17 +69,18 @@ class Launched:
 
 
 @contextlib.contextmanager
-def launch(settings: dict[str, str], log_path: Path) -> Iterator[Launched]:
-    """The service in a subprocess on 127.0.0.1:<free port> with SERVICE_* `settings` (none,
-    nor REDIS_URL, inherited from the calling shell), its output appended to `log_path`; not
-    waited for (see `Launched.wait_ready`); SIGTERM at the end, SIGKILL 60 s later."""
+def launch(settings: dict[str, str], log_path: Path, repo: Path = ROOT) -> Iterator[Launched]:
+    """The service of the checkout `repo` in a subprocess on 127.0.0.1:<free port> with SERVICE_*
+    `settings` (none, nor REDIS_URL, inherited from the calling shell; other variables are
+    added), its output appended to `log_path`; not waited for (see `Launched.wait_ready`);
+    SIGTERM at the end, SIGKILL 60 s later."""
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SERVICE_") and k != "REDIS_URL"}
     env.update({"SERVICE_HOST": "127.0.0.1", "SERVICE_PORT": str(port),
                 "SERVICE_LOG_LEVEL": "warning", **settings})
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     try:
         yield Launched(f"http://127.0.0.1:{port}", port, proc, log_path)

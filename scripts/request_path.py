@@ -16,7 +16,6 @@ import io
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.server import free_port
+from bench.server import launch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,47 +68,28 @@ threading.setprofile(_profile)
 
 def request_path(style: str = "udnie", repo: Path = REPO, timeout_s: float = 300) -> list[str]:
     """The paths relative to `repo` (a checkout), in order of first call."""
-    port = free_port()
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    Image.fromarray(pixels).save(buf, format="PNG")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "sitecustomize.py").write_text(_HOOK)
         out = Path(tmp) / "path.json"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SERVICE_")}
-        env.update(PYTHONPATH=tmp, TRACE_ROOT=str(repo) + os.sep, TRACE_OUT=str(out),
-                   SERVICE_HOST="127.0.0.1", SERVICE_PORT=str(port), SERVICE_MODELS=style,
-                   SERVICE_BATCH_POLICY="fixed", SERVICE_LOG_LEVEL="warning")
-        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + timeout_s
-            while not _ready(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the service did not become ready")
-                time.sleep(0.2)
-            buf = io.BytesIO()
-            pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
-            Image.fromarray(pixels).save(buf, format="PNG")
-            proc.send_signal(signal.SIGUSR1)
+        env = {"PYTHONPATH": tmp, "TRACE_ROOT": str(repo) + os.sep, "TRACE_OUT": str(out),
+               "SERVICE_MODELS": style, "SERVICE_BATCH_POLICY": "fixed"}
+        with launch(env, Path(tmp) / "service.log", repo) as service:
+            service.wait_ready(timeout_s)
+            service.proc.send_signal(signal.SIGUSR1)
             time.sleep(0.5)
-            answer = httpx.post(f"{url}/v1/stylize", params={"style": style},
+            answer = httpx.post(f"{service.url}/v1/stylize", params={"style": style},
                                 content=buf.getvalue(), headers={"content-type": "image/png"},
                                 timeout=60)
             answer.raise_for_status()
             time.sleep(0.5)   # the response's last hooks (access log, metrics) have run
-            proc.send_signal(signal.SIGUSR2)
-            while not out.exists() and proc.poll() is None:
+            service.proc.send_signal(signal.SIGUSR2)
+            while not out.exists() and service.proc.poll() is None:
                 time.sleep(0.05)
             files = json.loads(out.read_text())
-        finally:
-            proc.terminate()
-            proc.wait(60)
     return [str(Path(f).relative_to(repo)) for f in files]
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def main() -> int:
