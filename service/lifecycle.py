@@ -127,7 +127,8 @@ def build_services(settings: Settings) -> Services:
                         policy=settings.batch_policy, policy_sizes=settings.policy_sizes,
                         policy_budget_s=settings.policy_budget_s,
                         max_batch_size=settings.max_batch_size,
-                        max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes)
+                        max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
+                        max_activation_bytes=settings.max_activation_bytes)
     batcher: Batcher[tuple[str, int, int], Payload, np.ndarray] = Batcher(
         registry.run_batch, max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit,

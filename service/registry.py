@@ -29,8 +29,9 @@ from torch import nn
 
 from model_store import Manifest, ModelStore
 from nets.device import resolve_device
-from service import execution
+from service import activations, execution
 from service import policy as policies
+from service.activations import ActivationSizes
 from service.policy import ModelPolicy
 
 log = logging.getLogger("service.registry")
@@ -69,6 +70,7 @@ class LoadedModel:
     dtype: torch.dtype
     policy: ModelPolicy = field(default_factory=lambda: policies.fixed_policy("base", 8))
     runners: dict[str, execution.Runner] = field(default_factory=dict)  # other paths in use
+    activations: ActivationSizes | None = field(default=None, repr=False)  # None: unbounded
 
     @property
     def task(self) -> str:
@@ -94,6 +96,14 @@ class LoadedModel:
         if self.manifest.architecture != "multistyle":
             return ()
         return tuple(self.manifest.options.get("styles", ()))
+
+    def activation_batch_limit(self, height: int, width: int, budget_bytes: int | None) -> int:
+        """The most images of (height, width) in one batch whose largest intermediate tensor
+        fits 32-bit index math and `budget_bytes` (service/activations.py)."""
+        if self.activations is None:
+            return 2**31 - 1
+        return activations.batch_limit(self.activations.per_image(height, width),
+                                       self.dtype.itemsize, budget_bytes)
 
     def run_module(self, x: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
         """The base path: `module` as loaded (looked up at each call, so it can be swapped).
@@ -160,7 +170,7 @@ class Registry:
                  dtype: str = "auto", *, policy: str = "fixed",
                  policy_sizes: Sequence[int] = (256, 512), policy_budget_s: float = 8.0,
                  max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512,
-                 lanes: int = 0) -> None:
+                 lanes: int = 0, max_activation_bytes: int | None = None) -> None:
         self.store = ModelStore(store_root)
         self.wanted = list(names)
         self.device = resolve_device(device)
@@ -171,6 +181,7 @@ class Registry:
         self.policy_budget_s = policy_budget_s
         self.max_batch_size = max_batch_size
         self.max_batch_pixels = max_batch_pixels
+        self.max_activation_bytes = max_activation_bytes
         self.threads = torch.get_num_threads()
         # Forward passes at once (CPU): `lanes`, or measured when it is 0.
         self.lanes = lanes if lanes and self.device.type == "cpu" else 1
@@ -194,6 +205,7 @@ class Registry:
             module = module.to(self.device, self.dtype).to(memory_format=cl).eval()
             model = LoadedModel(name, manifest, module, self.device, self.dtype,
                                 policies.fixed_policy(self.base_path, self.max_batch_size))
+            model.activations = ActivationSizes(module, len(model.styles))
             if self.policy == "measure" and self.policy_sizes:
                 self._measure(model)
             side = 4 * MIN_SIDE_PX if model.task == "style" else MIN_SIDE_PX
@@ -255,11 +267,14 @@ class Registry:
         model.runners = {p: paths[p] for p in model.policy.paths() if p != self.base_path}
 
     def max_batch(self, key: tuple[str, int, int]) -> int:
-        """The batcher's limit for a (model, height, width) key."""
+        """The batcher's limit for a (model, height, width) key: the policy's, and no batch
+        whose largest intermediate tensor is over the activation bound."""
         model = self._models.get(key[0])
         if model is None:
             return self.max_batch_size
-        return model.policy.choose(key[1], key[2]).max_batch
+        _, height, width = key
+        return min(model.policy.choose(height, width).max_batch,
+                   model.activation_batch_limit(height, width, self.max_activation_bytes))
 
     def run_batch(self, key: tuple[str, int, int], items: Sequence[Payload]) -> list[np.ndarray]:
         """The batcher's function: one forward pass of the model `key[0]` over `items` (one

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0)
     max_batch_pixels: int = Field(4 * 512 * 512, ge=1)
+    max_activation_bytes: int | None = Field(
+        None, ge=1, description="largest intermediate tensor of a batch; None: only the "
+                                "2^31 elements that 32-bit index math allows")
     queue_limit: int = Field(64, ge=1, description="requests waiting for a batch")
     max_inflight: int = Field(256, ge=1, description="admitted requests, decoding included")
     request_timeout_s: float = Field(30.0, gt=0)
