@@ -68,6 +68,13 @@ class _Pending(Generic[K]):
     started: bool = field(default=False)
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A request's error, in place of its output."""
+
+    error: Exception
+
+
 class BatchObserver(Protocol):
     """Hooks for metrics; `label` groups keys (e.g. the model name of a (model, shape) key)."""
 
@@ -85,7 +92,7 @@ class Batcher(Generic[K, P, R]):
                  max_batch_cost: int | None = None,
                  batch_limit: Callable[[K], int] | None = None,
                  label: Callable[[K], str] = str,
-                 is_oom: Callable[[BaseException], bool] = lambda e: False,
+                 is_device_error: Callable[[BaseException], bool] = lambda e: False,
                  observer: BatchObserver | None = None) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -94,7 +101,7 @@ class Batcher(Generic[K, P, R]):
         self.queue_limit = queue_limit
         self.max_batch_cost = max_batch_cost if max_batch_cost is not None else math.inf
         self._label = label
-        self._is_oom = is_oom
+        self._is_device_error = is_device_error
         self._observer = observer
         self._queues: dict[K, deque[_Pending[K]]] = {}
         self._queued = 0
@@ -294,31 +301,39 @@ class Batcher(Generic[K, P, R]):
             return
         compute_s = time.monotonic() - started
         for pending, output in zip(batch, outputs, strict=True):
-            if not pending.future.done():
+            if pending.future.done():
+                continue
+            if isinstance(output, _Failed):
+                pending.future.set_exception(output.error)
+            else:
                 pending.future.set_result(Done(output, started - pending.enqueued_at,
                                                compute_s, len(batch)))
         if self._observer is not None:
             self._observer.batch_done(self._label(key),
                                       [started - p.enqueued_at for p in batch], compute_s)
 
-    def _run_on_lanes(self, key: K, payloads: list[P], lanes: int) -> list[R]:
+    def _run_on_lanes(self, key: K, payloads: list[P], lanes: int) -> list[R | _Failed]:
         if self._on_lanes is not None:
             self._on_lanes(lanes)
         return self._run_split(key, payloads)
 
-    def _run_split(self, key: K, payloads: list[P]) -> list[R]:
-        """Run on the worker thread; on out-of-memory retry the two halves separately."""
+    def _run_split(self, key: K, payloads: list[P]) -> list[R | _Failed]:
+        """Each payload's output or error, on the worker thread. After a device error (out of
+        memory, or a tensor the device cannot take) the two halves are retried separately,
+        down to single requests: only a request that fails alone gets the error. Any other
+        error goes to every request of the batch."""
         try:
-            outputs = list(self._run_batch(key, payloads))
+            outputs: list[R | _Failed] = list(self._run_batch(key, payloads))
         except Exception as e:
-            if len(payloads) > 1 and self._is_oom(e):
+            if len(payloads) > 1 and self._is_device_error(e):
                 half = len(payloads) // 2
-                log.warning("out of memory on a batch of %d; retrying halves", len(payloads))
+                log.warning("%s on a batch of %d; retrying halves", type(e).__name__,
+                            len(payloads))
                 return self._run_split(key, payloads[:half]) + self._run_split(key, payloads[half:])
-            raise
+            return [_Failed(e)] * len(payloads)
         if len(outputs) != len(payloads):
-            raise RuntimeError(f"run_batch returned {len(outputs)} outputs "
-                               f"for {len(payloads)} inputs")
+            return [_Failed(RuntimeError(f"run_batch returned {len(outputs)} outputs "
+                                         f"for {len(payloads)} inputs"))] * len(payloads)
         return outputs
 
     # -- bookkeeping ----------------------------------------------------------------------------

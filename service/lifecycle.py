@@ -22,7 +22,7 @@ from service.cache import Cache, make_cache
 from service.inference import Inference
 from service.metrics import BatchMetrics, Metrics
 from service.ratelimit import Limiter, make_limiter
-from service.registry import Payload, Registry, is_oom, model_of
+from service.registry import Payload, Registry, is_device_error, model_of
 from service.settings import Settings
 from service.tiling import TileConfig
 
@@ -133,7 +133,7 @@ def build_services(settings: Settings) -> Services:
         registry.run_batch, max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit,
         max_batch_cost=settings.max_batch_pixels, batch_limit=registry.max_batch,
-        label=model_of, is_oom=is_oom, observer=BatchMetrics(metrics))
+        label=model_of, is_device_error=is_device_error, observer=BatchMetrics(metrics))
     admission = Admission(queue_limit=settings.queue_limit,
                           max_batch_size=settings.max_batch_size,
                           max_inflight=settings.max_inflight,

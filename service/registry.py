@@ -61,6 +61,13 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError)
 
 
+def is_device_error(e: BaseException) -> bool:
+    """What a forward pass that the device could not run raises: torch reports out of memory,
+    a tensor over 32-bit index math and CUDA errors as RuntimeError. The batcher retries such
+    a batch in halves."""
+    return isinstance(e, RuntimeError)
+
+
 @dataclass(eq=False)
 class LoadedModel:
     name: str

@@ -128,7 +128,7 @@ def verdict(report: dict[str, Any]) -> bool:
                    set(o["after"]["statuses"]) == {200}]
     if f := faults:
         checks += [f["redis"]["failed"] == 0, f["redis"]["first_hit_after_restart_s"] is not None,
-                   f["raising_model"]["500s_exactly_the_failed_batches"],
+                   f["raising_model"]["500s_exactly_the_poisoned"],
                    f["raising_model"]["others_200"], f["disconnects"]["queue_depth_after"] == 0,
                    f["disconnects"]["inflight_after"] == 0,
                    f["sigterm"]["exit_code"] == 0, f["sigterm"]["every_admitted_completed"]]

@@ -101,9 +101,10 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
             r = f["raising_model"]
             lines += [f"- **A forward that raises**: {r['requests']} requests, 16 clients, "
                       f"{r['poisoned']} poisoned; {r['failed_batches']} of {r['batches']} "
-                      f"batches raised, holding {r['requests_in_failed_batches']} requests; "
-                      f"{r['answered_500']} answered 500, exactly those: "
-                      f"{r['500s_exactly_the_failed_batches']}; all others 200: "
+                      f"batches raised (halves retried down to single requests), holding "
+                      f"{r['requests_in_failed_batches']} requests; {r['answered_500']} "
+                      f"answered 500, exactly the poisoned ones: "
+                      f"{r['500s_exactly_the_poisoned']}; all others 200: "
                       f"{r['others_200']}; a request after: {r['after_status']}."]
         if "disconnects" in f:
             r = f["disconnects"]

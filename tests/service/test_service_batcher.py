@@ -172,10 +172,42 @@ async def test_out_of_memory_splits_the_batch_in_halves() -> None:
         return [p + 100 for p in payloads]
 
     batcher = make(run, max_batch_size=5, max_wait_ms=10_000,
-                   is_oom=lambda e: isinstance(e, MemoryError))
+                   is_device_error=lambda e: isinstance(e, MemoryError))
     results = await asyncio.gather(*(batcher.submit("k", i) for i in range(5)))
     assert [r.value for r in results] == [100, 101, 102, 103, 104]
     assert calls == [5, 2, 3, 1, 2]
+    await batcher.close()
+
+
+async def test_a_device_error_fails_only_the_request_that_fails_alone() -> None:
+    """A batch of 5 with one payload the device cannot take: halves, down to that one."""
+    calls: list[list[int]] = []
+
+    def run(key: str, payloads: list[int]) -> list[int]:
+        calls.append(list(payloads))
+        if 3 in payloads:
+            raise RuntimeError("input tensor must fit into 32-bit index math")
+        return [p + 100 for p in payloads]
+
+    batcher = make(run, max_batch_size=5, max_wait_ms=10_000,
+                   is_device_error=lambda e: isinstance(e, RuntimeError))
+    results = await asyncio.gather(*(batcher.submit("k", i) for i in range(5)),
+                                   return_exceptions=True)
+    assert [r.value for r in results if not isinstance(r, Exception)] == [100, 101, 102, 104]
+    assert isinstance(results[3], RuntimeError) and "32-bit" in str(results[3])
+    assert calls == [[0, 1, 2, 3, 4], [0, 1], [2, 3, 4], [2], [3, 4], [3], [4]]
+    await batcher.close()
+
+
+async def test_other_errors_go_to_the_whole_batch() -> None:
+    def run(key: str, payloads: list[int]) -> list[int]:
+        raise ValueError("a bug, not the device")
+
+    batcher = make(run, max_batch_size=3, max_wait_ms=10_000,
+                   is_device_error=lambda e: isinstance(e, RuntimeError))
+    results = await asyncio.gather(*(batcher.submit("k", i) for i in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
     await batcher.close()
 
 

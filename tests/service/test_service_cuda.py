@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.batcher import Batcher
-from service.registry import Registry, is_oom
+from service.registry import Registry, is_device_error
 from tests.helpers import images
 from tests.helpers.models import hold
 from tests.helpers.server import running, until
@@ -74,7 +74,7 @@ async def test_real_out_of_memory_splits_the_batch(store_root) -> None:
     torch.cuda.set_per_process_memory_fraction(1.5 * peak4 / total)
     try:
         batcher = Batcher(run, max_batch_size=8, max_wait_ms=10_000, queue_limit=16,
-                          is_oom=is_oom)
+                          is_device_error=is_device_error)
         batcher.start()
         results = await asyncio.gather(*(batcher.submit("udnie", image) for _ in range(8)))
         await batcher.close()
