@@ -30,7 +30,7 @@ class Phase(enum.StrEnum):
     STARTING = "starting"     # models loading: /readyz and transform requests 503
     READY = "ready"
     DRAINING = "draining"     # SIGTERM: new requests 503, admitted ones finish
-    FAILED = "failed"         # a model could not be loaded
+    FAILED = "failed"         # a model could not be loaded, or the device failed
 
 
 @dataclass(eq=False)
@@ -112,7 +112,8 @@ class Admission:
 
     @property
     def error(self) -> str | None:
-        """Why the service failed to start (None unless failed)."""
+        """Why the service failed: a model did not load, or the device failed (None unless
+        failed)."""
         return self._error
 
     @property
@@ -169,7 +170,7 @@ class Admission:
             return errors.NotReady("the models are still loading; retry shortly",
                                    headers={"Retry-After": str(RETRY_AFTER_S)})
         if self._phase is Phase.FAILED:
-            return errors.NotReady(f"the service failed to start: {self._error}")
+            return errors.NotReady(f"the service failed: {self._error}")
         limit = self._overload()
         if limit == "queue":
             return busy(f"the server is busy: {self.queued} requests are queued, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from service.cache import Cache, make_cache
 from service.inference import Inference
 from service.metrics import BatchMetrics, Metrics
 from service.ratelimit import Limiter, make_limiter
-from service.registry import Payload, Registry, is_device_error, model_of
+from service.registry import Payload, Registry, is_device_error, is_oom, model_of
 from service.settings import Settings
 from service.tiling import TileConfig
 
@@ -47,6 +48,8 @@ class Services:
     codec_pool: ThreadPoolExecutor
     redis: Redis | None = None    # the one client (and pool) of the cache and the rate limit
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
+    _device_check: asyncio.Future[None] | None = field(default=None, repr=False)
+    _device_checked_at: float = field(default=-math.inf, repr=False)
 
     async def start(self) -> None:
         """Start the batch worker and load the models in the background (/healthz answers)."""
@@ -82,6 +85,28 @@ class Services:
         self.admission.mark_ready()
         log.info("ready: %d models on %s in %.2fs", len(models), self.registry.device,
                  time.monotonic() - started)
+
+    async def check_device(self) -> None:
+        """While ready, a tiny forward pass on the device (at most every `device_check_s`;
+        concurrent callers share one). After a sticky device error (a CUDA fault fails every
+        later call) it fails too: the service is marked failed, and `python -m service` exits
+        so that Kubernetes restarts the container. Out of memory is a busy device: ignored."""
+        if self.admission.phase is not Phase.READY:
+            return
+        now = time.monotonic()
+        due = now - self._device_checked_at >= self.settings.device_check_s
+        if self._device_check is None or (self._device_check.done() and due):
+            self._device_checked_at = now
+            self._device_check = asyncio.ensure_future(
+                asyncio.to_thread(self.registry.health_check))
+        try:
+            await asyncio.shield(self._device_check)
+        except Exception as e:
+            if is_oom(e) or self.admission.phase is not Phase.READY:
+                return
+            self.admission.mark_failed(f"the device failed a health forward: "
+                                       f"{type(e).__name__}: {e}")
+            log.error("%s", self.admission.error)
 
     async def drain(self) -> bool:
         """Refuse new requests, flush the queues, wait for admitted ones (drain_timeout_s)."""

@@ -112,6 +112,14 @@ class LoadedModel:
         return activations.batch_limit(self.activations.per_image(height, width),
                                        self.dtype.itemsize, budget_bytes)
 
+    def smoke(self) -> None:
+        """One tiny forward pass on the path the policy chose: the warm-up at load, and the
+        device's health check later (`Registry.health_check`)."""
+        side = 4 * MIN_SIDE_PX if self.task == "style" else MIN_SIDE_PX
+        n = len(self.styles)
+        self.run([np.zeros((side, side, 3), np.uint8)],
+                 [np.full(n, 1 / n, np.float32)] if n else None)
+
     def run_module(self, x: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
         """The base path: `module` as loaded (looked up at each call, so it can be swapped).
         channels_last on CUDA; on the CPU it is slower with instance norm (bench model).
@@ -215,10 +223,7 @@ class Registry:
             model.activations = ActivationSizes(module, len(model.styles))
             if self.policy == "measure" and self.policy_sizes:
                 self._measure(model)
-            side = 4 * MIN_SIDE_PX if model.task == "style" else MIN_SIDE_PX
-            n = len(model.styles)   # warm-up: kernels, allocator
-            model.run([np.zeros((side, side, 3), np.uint8)],
-                      [np.full(n, 1 / n, np.float32)] if n else None)
+            model.smoke()   # warm-up: kernels, allocator
             self._models[name] = model
             log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
                      name, model.task, model.factor, self.device, model.dtype_name,
@@ -299,6 +304,11 @@ class Registry:
         (one lane: all the threads)."""
         if self.device.type == "cpu":
             execution.use_threads(max(1, self.threads * lanes // self.lanes))
+
+    def health_check(self) -> None:
+        """A tiny forward pass of one loaded model; raises what the device raises."""
+        if self._models:
+            self.models()[0].smoke()
 
     def models(self) -> list[LoadedModel]:
         return [self._models[n] for n in sorted(self._models)]

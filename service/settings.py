@@ -128,6 +128,8 @@ class Settings(BaseSettings):
 
     # Process
     drain_timeout_s: float = Field(30.0, ge=0)
+    device_check_s: float = Field(
+        5.0, ge=0, description="least time between two health forwards of /readyz")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -19,9 +19,13 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, summary="Readiness",
-            responses={503: {"model": Readiness, "description": "starting, draining or failed"}})
+            responses={503: {"model": Readiness,
+                             "description": "starting, draining, or failed (a model did not "
+                                            "load, or the device failed a health forward)"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """200 once every model is loaded and warmed up; 503 while starting and while draining."""
+    """200 once every model is loaded and warmed up and the device runs a tiny forward pass;
+    503 while starting, while draining, and once failed."""
+    await services.check_device()
     admission = services.admission     # the one owner of the phase
     body = Readiness(status=str(admission.phase), models=len(services.registry.models()),
                      error=admission.error)
