@@ -29,9 +29,9 @@ from torch import nn
 
 from model_store import Manifest, ModelStore
 from nets.device import resolve_device
-from service import activations, execution
+from service import execution
 from service import policy as policies
-from service.activations import ActivationSizes
+from service.activations import INDEX_LIMIT, ActivationSizes, batch_limit
 from service.policy import ModelPolicy
 
 log = logging.getLogger("service.registry")
@@ -108,9 +108,9 @@ class LoadedModel:
         """The most images of (height, width) in one batch whose largest intermediate tensor
         fits 32-bit index math and `budget_bytes` (service/activations.py)."""
         if self.activations is None:
-            return 2**31 - 1
-        return activations.batch_limit(self.activations.per_image(height, width),
-                                       self.dtype.itemsize, budget_bytes)
+            return INDEX_LIMIT
+        return batch_limit(self.activations.per_image(height, width), self.dtype.itemsize,
+                           budget_bytes)
 
     def smoke(self) -> None:
         """One tiny forward pass on the path the policy chose: the warm-up at load, and the

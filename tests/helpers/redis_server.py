@@ -11,10 +11,6 @@ from contextlib import AbstractContextManager, contextmanager
 import pytest
 
 from bench import server
-from bench.server import free_port
-from bench.server import redis_answers as answers
-
-__all__ = ["answers", "free_port", "redis_on", "redis_server"]
 
 
 def redis_on(port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
@@ -27,6 +23,6 @@ def redis_on(port: int) -> AbstractContextManager[subprocess.Popen[bytes]]:
 @contextmanager
 def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """redis-server on a free port (no persistence); yields (url, process)."""
-    port = free_port()
+    port = server.free_port()
     with redis_on(port) as proc:
         yield f"redis://127.0.0.1:{port}/0", proc

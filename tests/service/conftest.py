@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # make `tests.helpers` importable however pytest is started
     sys.path.insert(0, str(ROOT))
 
+from bench.server import redis_answers  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.helpers.models import make_store  # noqa: E402
-from tests.helpers.redis_server import answers, redis_server  # noqa: E402
+from tests.helpers.redis_server import redis_server  # noqa: E402
 from tests.helpers.server import Running, running  # noqa: E402
 
 torch.set_num_threads(1)
@@ -61,7 +62,7 @@ def make_settings(store_root: Path) -> Callable[..., Settings]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """127.0.0.1:6379 when it answers, else a redis-server of our own on a free port."""
-    if answers("127.0.0.1", 6379):
+    if redis_answers("127.0.0.1", 6379):
         yield "redis://127.0.0.1:6379/0"
         return
     with redis_server() as (url, _proc):

@@ -22,11 +22,11 @@ import uvicorn
 from torch import nn
 
 from bench.hostile import Limits, corpus, send
+from bench.server import free_port
 from service.app import create_app
 from service.middleware import bounded_http_protocol
 from tests.helpers import images, redis_server
 from tests.helpers.models import hold
-from tests.helpers.redis_server import free_port
 from tests.helpers.server import running, until
 
 PNG = {"content-type": "image/png"}

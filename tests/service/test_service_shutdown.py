@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.server import free_port
 from tests.helpers import images
-from tests.helpers.redis_server import free_port
 from tests.helpers.server import until
 
 ROOT = Path(__file__).resolve().parents[2]

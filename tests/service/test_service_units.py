@@ -13,6 +13,7 @@ import pytest
 from fastapi.routing import APIRoute
 from PIL import Image
 
+from bench.server import free_port
 from model_store import SHIPPED_ROOT
 from service import imaging
 from service.cache import MemoryCache, RedisCache, cache_key, make_cache
@@ -24,7 +25,6 @@ from service.routes import transform
 from service.settings import PILLOW_MAX_PIXELS, Settings, get_settings
 from service.singleflight import SingleFlight
 from tests.helpers import images
-from tests.helpers.redis_server import free_port
 
 # -- settings ----------------------------------------------------------------------------------
 
