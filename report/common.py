@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import describe
+from model_store import ModelStore
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -66,6 +67,16 @@ def machine_line(m: dict[str, Any]) -> str:
             text += ": other jobs shared the CPU, so the times are inflated"
         text += ")"
     return text
+
+
+def style_networks(store: ModelStore, only: str = "") -> list[str]:
+    """The store's single-style networks (those named in the comma list `only`, when given);
+    ValueError when there are none."""
+    names = [m.name for m in store.manifests() if m.architecture == "style"
+             and (not only or m.name in only.split(","))]
+    if not names:
+        raise ValueError(f"no style models in {store.root}")
+    return names
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:

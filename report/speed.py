@@ -25,6 +25,7 @@ from report.common import (
     markdown_table,
     median_seconds,
     pyplot,
+    style_networks,
     write_json,
     write_text,
 )
@@ -165,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     store = ModelStore(args.store)
-    styles = [m.name for m in store.manifests() if m.architecture == "style"]
-    if not styles:
-        raise ValueError(f"no style models in {args.store}")
+    styles = style_networks(store)
     name = args.model or styles[0]
     sides = [int(s) for s in args.sizes.split(",")]
     registry = Registry(args.store, [name], "cpu", "float32", policy="measure",

@@ -26,6 +26,7 @@ from report.common import (
     markdown_table,
     median_seconds,
     pyplot,
+    style_networks,
     write_json,
     write_text,
 )
@@ -102,10 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     store = ModelStore(args.store)
-    names = [m.name for m in store.manifests() if m.architecture == "style"
-             and (not args.models or m.name in args.models.split(","))]
-    if not names:
-        raise ValueError(f"no style models in {args.store}")
+    names = style_networks(store, args.models)
     kind, state = resolve()
     vgg = LossNetwork(kind, state)
     data = Path(args.data)
