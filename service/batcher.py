@@ -1,9 +1,20 @@
 """A dynamic batcher: concurrent requests with the same key share one call of `run_batch`.
 
-It knows nothing of images or HTTP. Requests wait in a queue per key until the batch is full
-(`max_batch_size` or the key's `batch_limit`, or `max_batch_cost` such as a pixel budget) or the
-oldest has waited `max_wait_ms`. Worker threads run the batches, so the event loop never blocks
-on compute. In the style of Ray Serve's @serve.batch.
+It knows nothing of images or HTTP. Worker threads run the batches, so the event loop never
+blocks on compute. In the style of Ray Serve's @serve.batch.
+
+Dispatch: a batch starts as soon as a lane is free (below), with what its key has queued, up
+to `max_batch_size` (or the key's `batch_limit`) and `max_batch_cost` (such as a pixel budget).
+So a lone request on an idle device never waits, and under load the next batch is what queued
+while the previous one ran: the arrival rate sets the batch size. `wait_when_idle=True` is the
+older behaviour: a key's requests also wait, up to `max_wait_ms`, for their batch to fill,
+even on an idle device (without it `max_wait_ms` is unused).
+
+Priority: `submit(..., low=True)` (big tiled jobs) queues apart from normal requests with the
+same key, and its batches never mix with theirs. A ready normal queue always starts before a
+low one, whatever their ages; low batches run whenever no normal request is ready, one at a
+time, and on several lanes never on all of them, so that a normal request finds a lane soon.
+`normal_pending` tells work outside the batcher (instance-norm tiled jobs) to yield.
 
 Lanes: by default one batch runs at a time (one worker per device). `use_lanes(n, on_lanes)`
 lets up to n batches run at once, for a CPU where n single-image forwards on 1/n of the threads
@@ -65,7 +76,13 @@ class _Pending(Generic[K]):
     enqueued_at: float
     deadline: float
     cost: int
+    low: bool = False
     started: bool = field(default=False)
+
+    @property
+    def queue(self) -> tuple[K, bool]:
+        """The queue it waits in: low-priority requests queue apart."""
+        return self.key, self.low
 
 
 @dataclass(frozen=True)
@@ -88,8 +105,8 @@ class Batcher(Generic[K, P, R]):
     """Queues payloads per key and runs them in batches on a single worker thread."""
 
     def __init__(self, run_batch: Callable[[K, list[P]], Sequence[R]], *,
-                 max_batch_size: int, max_wait_ms: float, queue_limit: int,
-                 max_batch_cost: int | None = None,
+                 max_batch_size: int, queue_limit: int, max_wait_ms: float = 0.0,
+                 wait_when_idle: bool = False, max_batch_cost: int | None = None,
                  batch_limit: Callable[[K], int] | None = None,
                  label: Callable[[K], str] = str,
                  is_device_error: Callable[[BaseException], bool] = lambda e: False,
@@ -97,14 +114,17 @@ class Batcher(Generic[K, P, R]):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self._batch_limit = batch_limit
-        self.max_wait_s = max_wait_ms / 1000
+        # How long a queue waits for its batch to fill while a lane is free: by default not at
+        # all (a queue is ready as soon as it holds a request; requests wait only for a lane).
+        self.max_wait_s = max_wait_ms / 1000 if wait_when_idle else 0.0
         self.queue_limit = queue_limit
         self.max_batch_cost = max_batch_cost if max_batch_cost is not None else math.inf
         self._label = label
         self._is_device_error = is_device_error
         self._observer = observer
-        self._queues: dict[K, deque[_Pending[K]]] = {}
+        self._queues: dict[tuple[K, bool], deque[_Pending[K]]] = {}   # per (key, low)
         self._queued = 0
+        self._normal = 0         # normal-priority requests queued or in a running batch
         self._depth: Counter[str] = Counter()
         self._wakeup = asyncio.Event()
         self._flush = False      # drain: run what is queued without waiting for more
@@ -115,12 +135,20 @@ class Batcher(Generic[K, P, R]):
         self._busy = 0           # lanes held by running batches
         self._share = 1          # lanes each running batch holds
         self._running: set[asyncio.Task[None]] = set()
+        self._low_running = 0    # low-priority batches running (at most one)
         # One thread per lane: the device runs one batch at a time unless use_lanes says more.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-worker")
 
     @property
     def queued(self) -> int:
+        """Requests waiting for a batch, of both priorities."""
         return self._queued
+
+    @property
+    def normal_pending(self) -> bool:
+        """Whether normal-priority requests are queued or running: work outside the batcher
+        yields to them. A plain int read, so any thread may ask."""
+        return self._normal > 0
 
     def start(self) -> None:
         if self._worker is None:
@@ -143,8 +171,9 @@ class Batcher(Generic[K, P, R]):
         return max(1, min(self.max_batch_size, self._batch_limit(key)))
 
     async def submit(self, key: K, payload: P, *, deadline: float = math.inf,
-                     cost: int = 1) -> Done[R]:
+                     cost: int = 1, low: bool = False) -> Done[R]:
         """Wait for `payload`'s output. `deadline` (time.monotonic()) bounds the queue wait.
+        `low`: background work (big tiled jobs), run only when no normal request is ready.
 
         Cancelling the caller (e.g. the client went away) removes a request that has not
         started; a request already computing finishes and its output is dropped.
@@ -158,9 +187,9 @@ class Batcher(Generic[K, P, R]):
         if now >= deadline:
             raise DeadlineExceeded("the deadline passed before the request was queued")
         fut: asyncio.Future[Done[R]] = asyncio.get_running_loop().create_future()
-        pending = _Pending(key, payload, fut, now, deadline, cost)
-        self._queues.setdefault(key, deque()).append(pending)
-        self._count(key, +1)
+        pending = _Pending(key, payload, fut, now, deadline, cost, low)
+        self._queues.setdefault(pending.queue, deque()).append(pending)
+        self._count(pending, +1)
         self._wakeup.set()
         try:
             timeout = None if deadline == math.inf else max(0.0, deadline - now)
@@ -205,35 +234,49 @@ class Batcher(Generic[K, P, R]):
 
     async def _work(self) -> None:
         while True:
-            key, wait_s = self._pick()
-            while key is not None and self._busy + self._next_share() <= self.lanes:
-                share = self._next_share()
+            which, wait_s = self._pick()
+            while which is not None:
+                key, low = which
+                share = self._next_share(low)
+                if self._busy + share > self.lanes:
+                    break
+                batch = self._take(which)
                 self._busy += share
-                task = asyncio.create_task(self._run(key, self._take(key), share))
+                self._low_running += low
+                task = asyncio.create_task(self._run(key, batch, share))
                 self._running.add(task)
-                task.add_done_callback(functools.partial(self._finished, share=share))
-                key, wait_s = self._pick()
+                task.add_done_callback(functools.partial(
+                    self._finished, share=share, low=low, normal=0 if low else len(batch)))
+                which, wait_s = self._pick()
             if self._closed and self._queued == 0 and not self._running:
                 return
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):   # a ready key waits for a lane to free
-                await asyncio.wait_for(self._wakeup.wait(), None if key is not None else wait_s)
+            with contextlib.suppress(TimeoutError):   # a ready queue waits for a lane to free
+                await asyncio.wait_for(self._wakeup.wait(),
+                                       None if which is not None else wait_s)
 
-    def _finished(self, task: asyncio.Task[None], share: int) -> None:
+    def _finished(self, task: asyncio.Task[None], share: int, low: bool, normal: int) -> None:
         self._running.discard(task)
         self._busy -= share
+        self._low_running -= low
+        self._normal -= normal
         if not task.cancelled() and task.exception() is not None:
             # never let the worker die; callers already got the error
             log.error("batch worker error", exc_info=task.exception())
         self._wakeup.set()
 
-    def _next_share(self) -> int:
+    def _next_share(self, low: bool) -> int:
         """Lanes for the next batch: all of them if it would run alone, else an equal share;
-        fixed while any batch runs, so that concurrent batches hold equal shares."""
+        fixed while any batch runs, so that concurrent batches hold equal shares. A low batch
+        counts as one of at least two: on several lanes it leaves one for normal requests."""
         if self._busy == 0:
-            ready = sum(math.ceil(len(q) / self.limit(k))
-                        for k, q in self._queues.items() if self._is_ready(k, q, time.monotonic()))
-            self._share = self.lanes // min(self.lanes, max(1, ready))
+            now = time.monotonic()
+            ready = [(k, lo, q) for (k, lo), q in self._queues.items()
+                     if self._is_ready(k, q, now)]
+            batches = sum(math.ceil(len(q) / self.limit(k)) for k, lo, q in ready if not lo)
+            if low or any(lo for _, lo, _ in ready):   # (only one low batch runs at a time)
+                batches = max(2, batches + 1)
+            self._share = self.lanes // min(self.lanes, max(1, batches))
         return self._share
 
     def _is_ready(self, key: K, queue: deque[_Pending[K]], now: float) -> bool:
@@ -243,36 +286,38 @@ class Batcher(Generic[K, P, R]):
                 or sum(p.cost for p in queue) >= self.max_batch_cost)
         return self._flush or full or queue[0].enqueued_at + self.max_wait_s <= now
 
-    def _pick(self) -> tuple[K | None, float | None]:
-        """The ready key whose oldest request is oldest, else how long until one is due."""
+    def _pick(self) -> tuple[tuple[K, bool] | None, float | None]:
+        """The ready queue to run next: normal before low priority (a low batch only while none
+        runs), the oldest request first; else how long until a queue is due (None: until woken,
+        by a request or a batch that ends)."""
         now = time.monotonic()
-        best, best_age, next_due = None, math.inf, math.inf
-        for key, queue in self._queues.items():
+        best, best_rank, next_due = None, (True, math.inf), math.inf
+        for (key, low), queue in self._queues.items():
             if not queue:
                 continue
             oldest = queue[0].enqueued_at
-            if self._is_ready(key, queue, now):
-                if oldest < best_age:
-                    best, best_age = key, oldest
-            else:
+            if not self._is_ready(key, queue, now):
                 next_due = min(next_due, oldest + self.max_wait_s)
+            elif not (low and self._low_running) and (low, oldest) < best_rank:
+                best, best_rank = (key, low), (low, oldest)
         if best is not None:
             return best, None
         return None, (None if next_due == math.inf else max(0.0, next_due - now))
 
-    def _take(self, key: K) -> list[_Pending[K]]:
-        """Pop a batch from the front of `key`'s queue; expired requests get DeadlineExceeded."""
-        queue = self._queues[key]
+    def _take(self, which: tuple[K, bool]) -> list[_Pending[K]]:
+        """Pop a batch from the front of a queue; expired requests get DeadlineExceeded. The
+        taken normal requests count as pending (`normal_pending`) until their batch ends."""
+        queue = self._queues[which]
         now = time.monotonic()
         batch: list[_Pending[K]] = []
         cost = 0
-        limit = self.limit(key)
+        limit = self.limit(which[0])
         while queue and len(batch) < limit:
             pending = queue[0]
             if batch and cost + pending.cost > self.max_batch_cost:
                 break
             queue.popleft()
-            self._count(key, -1)
+            self._count(pending, -1)
             if pending.future.done():
                 continue
             if pending.deadline <= now:
@@ -282,8 +327,9 @@ class Batcher(Generic[K, P, R]):
             pending.started = True
             batch.append(pending)
             cost += pending.cost
+            self._normal += not pending.low
         if not queue:
-            del self._queues[key]
+            del self._queues[which]
         return batch
 
     async def _run(self, key: K, batch: list[_Pending[K]], lanes: int = 1) -> None:
@@ -339,17 +385,19 @@ class Batcher(Generic[K, P, R]):
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _remove(self, pending: _Pending[K]) -> None:
-        queue = self._queues.get(pending.key)
+        queue = self._queues.get(pending.queue)
         if queue is None or pending not in queue:
             return
         queue.remove(pending)
         if not queue:
-            del self._queues[pending.key]
-        self._count(pending.key, -1)
+            del self._queues[pending.queue]
+        self._count(pending, -1)
 
-    def _count(self, key: K, delta: int) -> None:
+    def _count(self, pending: _Pending[K], delta: int) -> None:
+        """Queue depth: `queued` and the metrics count both priorities."""
         self._queued += delta
-        label = self._label(key)
+        self._normal += 0 if pending.low else delta
+        label = self._label(pending.key)
         self._depth[label] += delta
         if self._observer is not None:
             self._observer.queue_depth(label, self._depth[label])

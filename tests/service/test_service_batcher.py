@@ -83,9 +83,34 @@ async def test_keys_are_never_mixed() -> None:
     await batcher.close()
 
 
-async def test_lone_request_runs_after_max_wait() -> None:
+async def test_lone_request_on_an_idle_batcher_runs_at_once() -> None:
     rec = Recorder()
-    batcher = make(rec, max_batch_size=64, max_wait_ms=20)
+    batcher = make(rec, max_batch_size=64, max_wait_ms=1000)   # unused without wait_when_idle
+    started = time.monotonic()
+    done = await batcher.submit("k", 21)
+    assert done.value == 42 and done.batch_size == 1
+    assert time.monotonic() - started < 0.3
+    assert rec.batches == [[21]]
+    await batcher.close()
+
+
+async def test_requests_arriving_during_a_batch_form_the_next_one() -> None:
+    """Under load the next batch is what queued while the previous one ran."""
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec, max_batch_size=8, max_wait_ms=1000)
+    first = await held(batcher, rec)
+    tasks = [asyncio.create_task(batcher.submit("k", i)) for i in range(5)]
+    await queued(batcher, 5)
+    rec.release.set()
+    results = await asyncio.gather(first, *tasks)
+    assert [len(b) for b in rec.batches] == [1, 5]
+    assert [r.batch_size for r in results] == [1, 5, 5, 5, 5, 5]
+    await batcher.close()
+
+
+async def test_wait_when_idle_keeps_the_old_wait_for_company() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_batch_size=64, max_wait_ms=20, wait_when_idle=True)
     started = time.monotonic()
     done = await batcher.submit("k", 21)
     assert done.value == 42
@@ -213,7 +238,8 @@ async def test_other_errors_go_to_the_whole_batch() -> None:
 
 async def test_close_runs_what_is_queued_then_refuses() -> None:
     rec = Recorder()
-    batcher = make(rec, max_batch_size=64, max_wait_ms=60_000)  # would wait a minute
+    batcher = make(rec, max_batch_size=64, max_wait_ms=60_000,   # would wait a minute
+                   wait_when_idle=True)
     tasks = [asyncio.create_task(batcher.submit("k", i)) for i in range(3)]
     await queued(batcher, 3)
     await batcher.close(timeout_s=10)
