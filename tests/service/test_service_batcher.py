@@ -12,16 +12,23 @@ from service.batcher import Batcher, BatcherClosed, DeadlineExceeded, QueueFull
 
 
 class Recorder:
-    """run_batch that doubles numbers, records batches, and can be held on a payload."""
+    """run_batch that doubles numbers, records batches (and the lanes each held), and can be
+    held on a payload."""
 
     def __init__(self, hold_on: object = None) -> None:
         self.batches: list[list[object]] = []
+        self.lanes: list[int] = []
         self.hold_on = hold_on
         self.entered = threading.Event()
         self.release = threading.Event()
+        self.local = threading.local()
+
+    def on_lanes(self, lanes: int) -> None:
+        self.local.lanes = lanes
 
     def __call__(self, key: str, payloads: list[object]) -> list[object]:
         self.batches.append(list(payloads))
+        self.lanes.append(getattr(self.local, "lanes", 1))
         if self.hold_on in payloads:
             self.entered.set()
             assert self.release.wait(30)
@@ -116,6 +123,67 @@ async def test_wait_when_idle_keeps_the_old_wait_for_company() -> None:
     assert done.value == 42
     assert time.monotonic() - started >= 0.019
     assert done.queue_s >= 0.019
+    await batcher.close()
+
+
+async def test_a_ready_normal_queue_runs_before_an_older_low_one() -> None:
+    """Same key, both priorities: never one batch, and the normal request goes first."""
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec)
+    first = await held(batcher, rec)
+    tile = asyncio.create_task(batcher.submit("k", 1, low=True))
+    await queued(batcher, 1)
+    small = asyncio.create_task(batcher.submit("k", 2))
+    await queued(batcher, 2)
+    rec.release.set()
+    await asyncio.gather(first, tile, small)
+    assert rec.batches == [[-1], [2], [1]]
+    await batcher.close()
+
+
+async def test_a_low_request_runs_when_nothing_normal_is_ready() -> None:
+    rec = Recorder()
+    batcher = make(rec, max_wait_ms=1000)
+    done = await asyncio.wait_for(batcher.submit("k", 3, low=True), 10)
+    assert done.value == 6 and rec.batches == [[3]]
+    await batcher.close()
+
+
+async def test_normal_pending_counts_normal_requests_queued_or_running_only() -> None:
+    rec = Recorder(hold_on=-1)
+    batcher = make(rec)
+    assert not batcher.normal_pending
+    tile = asyncio.create_task(batcher.submit("k", -1, low=True))
+    await asyncio.to_thread(rec.entered.wait, 10)
+    assert not batcher.normal_pending and batcher.queued == 0       # a low batch runs
+    small = asyncio.create_task(batcher.submit("k", 2))
+    await queued(batcher, 1)                                        # behind it: one lane
+    assert batcher.normal_pending
+    rec.release.set()
+    await asyncio.gather(tile, small)
+    assert not batcher.normal_pending
+    await batcher.close()
+
+
+async def test_a_low_batch_never_holds_every_lane() -> None:
+    """Two lanes: a lone low batch takes one (a lone normal one takes both), a second low batch
+    waits for the first although a lane is free, and a normal request runs on that lane."""
+    rec = Recorder(hold_on=-1)
+    batcher = Batcher(rec, max_batch_size=8, queue_limit=100)
+    batcher.use_lanes(2, rec.on_lanes)
+    batcher.start()
+    tiles = asyncio.create_task(batcher.submit("big", -1, low=True))
+    await asyncio.to_thread(rec.entered.wait, 10)
+    more = asyncio.create_task(batcher.submit("big", 5, low=True))
+    await queued(batcher, 1)
+    small = await asyncio.wait_for(batcher.submit("k", 1), 10)       # the tiles still run
+    assert small.value == 2 and not tiles.done() and batcher.queued == 1
+    rec.release.set()
+    await asyncio.gather(tiles, more)
+    alone = await batcher.submit("k", 7)
+    assert alone.value == 14
+    assert rec.batches == [[-1], [1], [5], [7]]
+    assert rec.lanes == [1, 1, 1, 2]
     await batcher.close()
 
 
