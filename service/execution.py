@@ -11,7 +11,12 @@ on the CPU), `rewrite` (`service.rewrite`: the same function with cheaper layers
 `onnx_rewrite` and `openvino_rewrite` (the rewrite's ONNX export under ONNX Runtime or OpenVINO,
 when installed: the `cpu` extra), `bf16_autocast` (only on CPUs with native bfloat16; on the
 shipped networks it is 2-20 grey levels off, so it is rejected).
-CUDA: `fp16` and `channels_last` (float32, TF32 convolutions), each also `_rewrite`.
+CUDA (`cuda_paths`): a dtype in the default (contiguous NCHW) layout, `fp16` or `fp32` (TF32
+convolutions), or in channels_last, `fp16_channels_last` or `channels_last` (float32); each also
+`_rewrite`. Instance norm makes its input contiguous, so channels_last converts the layout back
+and forth at each of the 15 norm layers (on the H200 fp16 channels_last at 1024x1024 took
+14.1 ms, fp32 contiguous 8.8). And `fp16_graphs`, `fp16_rewrite_graphs`, `fp32_graphs`: the
+contiguous paths replayed from CUDA graphs (`service.graphs`), batches padded to a bucket.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Collection
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from model_store.onnx_export import onnx_bytes
 from nets.device import native_bf16
+from service.graphs import GraphPool
 from service.rewrite import rewrite
 
 log = logging.getLogger("service.execution")
@@ -162,26 +168,79 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+class CudaPath(NamedTuple):
+    """A CUDA execution path: dtype, layout, the rewrite, CUDA graphs."""
+
+    dtype: torch.dtype
+    channels_last: bool = False
+    rewrite: bool = False
+    graphs: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.channels_last:
+            parts = ["channels_last"] if self.dtype == torch.float32 else [
+                _DTYPE_NAMES[self.dtype], "channels_last"]
+        else:
+            parts = [_DTYPE_NAMES.get(self.dtype, "fp32")]
+        return "_".join(parts + ["rewrite"] * self.rewrite + ["graphs"] * self.graphs)
+
+
+_CUDA_DTYPES = {"auto": [torch.float16, torch.float32], "float16": [torch.float16],
+                "float32": [torch.float32], "bfloat16": [torch.bfloat16]}
+
+
+def cuda_paths(dtype_setting: str = "auto") -> dict[str, CudaPath]:
+    """Every CUDA path for a dtype setting, by name: both layouts, each with and without the
+    rewrite, and graphs of the contiguous layout (the faster with instance norm) in fp16 with
+    and without the rewrite and in float32 without it."""
+    paths = []
+    for dt in _CUDA_DTYPES[dtype_setting]:
+        paths += [CudaPath(dt, cl, rw) for cl in (False, True) for rw in (False, True)]
+        paths += [CudaPath(dt, rewrite=rw, graphs=True)
+                  for rw in ((False, True) if dt != torch.float32 else (False,))]
+    return {p.name: p for p in paths}
+
+
+def memory_format(path: str) -> torch.memory_format:
+    """The layout a path keeps its weights and inputs in."""
+    return torch.channels_last if "channels_last" in path else torch.contiguous_format
+
+
 def base_path(device: torch.device, dtype: torch.dtype) -> str:
-    """The name of the path that runs the registry's module as loaded (the fixed policy's)."""
+    """The name of the path that runs the registry's module as loaded (the fixed policy's):
+    on CUDA the loaded dtype in the contiguous layout (`memory_format` of it)."""
     if device.type == "cuda":
-        return _DTYPE_NAMES.get(dtype, "channels_last")
+        return CudaPath(dtype).name
     return "inference_mode" if dtype == torch.float32 else _DTYPE_NAMES.get(dtype, str(dtype))
 
 
+def cuda_runner(path: CudaPath, module: nn.Module, max_batch: int) -> Runner:
+    """`path` of `module` (any dtype and layout; copied, never changed), on the module's
+    device; a graph path pads batches up to `max_batch` (`service.graphs`)."""
+    net = copy.deepcopy(module).float()
+    if path.rewrite:
+        net = rewrite(net)
+    layout = torch.channels_last if path.channels_last else torch.contiguous_format
+    eager = TorchRunner(net.to(path.dtype).to(memory_format=layout), path.dtype,
+                        channels_last=path.channels_last)
+    return GraphPool(eager, max_batch=max_batch) if path.graphs else eager
+
+
 def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-               loaded_dtype: torch.dtype, only: Collection[str] | None = None
-               ) -> dict[str, Runner]:
+               loaded_dtype: torch.dtype, only: Collection[str] | None = None, *,
+               max_batch: int = 8) -> dict[str, Runner]:
     """The paths worth measuring besides `base_path` (which runs `module` itself), or those of
     them named in `only`.
 
     `module` is on `device` in `loaded_dtype` (a multi-style network's runners take the style
     weights too). An explicit dtype setting limits the candidates to that dtype; `auto` tries
-    them all.
+    them all. `max_batch`: the largest batch a CUDA graph path pads to.
     """
     runners: dict[str, Runner] = {}
-    for name, build in _candidates(module, device, dtype_setting, loaded_dtype,
-                                   lambda name: only is None or name in only).items():
+    base = base_path(device, loaded_dtype)
+    wanted = lambda name: name != base and (only is None or name in only)  # noqa: E731
+    for name, build in _candidates(module, device, dtype_setting, max_batch, wanted).items():
         try:
             runners[name] = build()
         except Exception as e:  # never fail a start over an optional path
@@ -189,35 +248,22 @@ def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
     return runners
 
 
-def _candidates(module: nn.Module, device: torch.device, dtype_setting: str,
-                loaded_dtype: torch.dtype, wanted: Callable[[str], bool]
-                ) -> dict[str, Callable[[], Runner]]:
+def _candidates(module: nn.Module, device: torch.device, dtype_setting: str, max_batch: int,
+                wanted: Callable[[str], bool]) -> dict[str, Callable[[], Runner]]:
     """Name -> builder of each candidate `wanted`, so that unwanted ones cost nothing."""
+    if device.type == "cuda":
+        return {name: functools.partial(cuda_runner, path, module, max_batch)
+                for name, path in cuda_paths(dtype_setting).items() if wanted(name)}
     fast = rewrite(copy.deepcopy(module).float())   # weights re-arranged in float32
     runners: dict[str, Callable[[], Runner]] = {}
-    if device.type == "cuda":
-        dtypes = {"auto": [torch.float16, torch.float32], "float16": [torch.float16],
-                  "float32": [torch.float32], "bfloat16": [torch.bfloat16]}[dtype_setting]
-
-        def on_gpu(net: nn.Module, dt: torch.dtype) -> Callable[[], Runner]:
-            return lambda: TorchRunner(
-                copy.deepcopy(net).to(dt).to(memory_format=torch.channels_last), dt,
-                channels_last=True)
-
-        for dt in dtypes:
-            name = _DTYPE_NAMES.get(dt, "channels_last")
-            if dt != loaded_dtype:
-                runners[name] = on_gpu(module, dt)
-            runners["rewrite" if dt == torch.float32 else f"{name}_rewrite"] = on_gpu(fast, dt)
-    else:
-        if dtype_setting in ("auto", "float32"):
-            runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
-            exported = functools.cache(lambda: onnx_bytes(fast))   # once, shared
-            if installed("onnxruntime"):
-                runners["onnx_rewrite"] = lambda: OnnxRunner(exported())
-            if installed("openvino"):
-                runners["openvino_rewrite"] = lambda: OpenVinoRunner(exported())
-        if dtype_setting == "auto" and native_bf16():
-            runners["bf16_autocast"] = lambda: TorchRunner(module, torch.float32,
-                                                           autocast=torch.bfloat16)
+    if dtype_setting in ("auto", "float32"):
+        runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
+        exported = functools.cache(lambda: onnx_bytes(fast))   # once, shared
+        if installed("onnxruntime"):
+            runners["onnx_rewrite"] = lambda: OnnxRunner(exported())
+        if installed("openvino"):
+            runners["openvino_rewrite"] = lambda: OpenVinoRunner(exported())
+    if dtype_setting == "auto" and native_bf16():
+        runners["bf16_autocast"] = lambda: TorchRunner(module, torch.float32,
+                                                       autocast=torch.bfloat16)
     return {name: build for name, build in runners.items() if wanted(name)}

@@ -6,14 +6,16 @@ outgrow the caches), so a server that fills batches of 8 gets slower as load ris
 per-image cost falls with the batch until the device is busy. So, per model (measured once per
 architecture: the weights do not change the cost) and for the common input sizes:
 
-1. path: each candidate of `service.execution` is compared with float32 on a test image and
-   rejected if any output pixel differs by more than one grey level; the others are timed at
-   batch 1, in turns, the fastest wins (a candidate 15 % slower than the best is not timed at
-   the next size, which keeps the warm-up short);
-2. largest batch: the per-image cost at batch 1, 2, 4, ... on that path (batch 1 timed again in
-   turns with each); the batch doubles while the cost falls by at least 3 %, within
-   `max_batch_size` and the pixel budget; the smallest batch within 3 % of the cheapest is
-   kept (lower latency for the same throughput);
+1. paths: each candidate of `service.execution` is compared with float32 on a test image and
+   rejected if any output pixel differs by more than one grey level;
+2. path and largest batch, together: the winner at batch 1 is not the winner at batch 32 (on
+   the H200 CUDA graphs win by 2.7x at batch 1 and by 1-2 % at 64), so the paths are timed at
+   each batch the search visits, 1, 2, 4, ..., in turns (batch 1 timed again beside each
+   batch); a path 15 % slower than the best at a batch is not timed at the larger ones, nor at
+   the next size (which keeps the warm-up short). The batch doubles while the best per-image
+   cost falls by at least 3 %, within `max_batch_size` and the pixel budget; the smallest batch
+   whose best cost is within 3 % of the cheapest is kept (lower latency for the same
+   throughput), with the path fastest at that batch;
 3. lanes (CPU, by the registry): single-image forwards running concurrently with the threads
    split between them, against one forward at a time on all threads (`measure_lanes`); kept
    unless clearly slower (LANES_GAIN).
@@ -59,6 +61,8 @@ class SizeChoice:
     max_batch: int            # the batcher forms no larger batch
     per_image_ms: dict[int, float] = field(default_factory=dict)  # batch -> ms/image on path
     path_ms: dict[str, float] = field(default_factory=dict)       # batch-1 ms of each path
+    # path -> batch -> ms/image, every (path, batch) timed: what the joint choice compared
+    timings: dict[str, dict[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +90,8 @@ class ModelPolicy:
         for s in [*d["sizes"], d["default"]]:
             s["per_image_ms"] = {str(b): round(ms, 3) for b, ms in s["per_image_ms"].items()}
             s["path_ms"] = {p: round(ms, 3) for p, ms in s["path_ms"].items()}
+            s["timings"] = {p: {str(b): round(ms, 3) for b, ms in t.items()}
+                            for p, t in s["timings"].items()}
         d["lanes_images_per_s"] = {str(n): round(v, 3)
                                    for n, v in d["lanes_images_per_s"].items()}
         d["errors"] = {p: round(v, 3) for p, v in d["errors"].items()}
@@ -142,17 +148,27 @@ def time_calls(fns: dict[N, Callable[[], object]], device: torch.device, *,
 
 def check_errors(runners: dict[str, Runner], reference: Runner,
                  image: torch.Tensor) -> dict[str, float]:
-    """Max |difference| in grey levels from `reference` (float32) on `image`, per path."""
+    """Max |difference| in grey levels from `reference` (float32) on `image`, per path. On a
+    GPU the output of each path's second call is checked: a CUDA graph path captures a shape
+    at its second use (`service.graphs`), and it is the replay that serves."""
     ref = levels(reference(image.cpu()))
-    return {name: 0.0 if run is reference else float((levels(run(image)) - ref).abs().max())
+    calls = 2 if image.device.type == "cuda" else 1
+
+    def output(run: Runner) -> torch.Tensor:
+        for _ in range(calls - 1):
+            run(image)
+        return run(image)
+
+    return {name: 0.0 if run is reference else float((levels(output(run)) - ref).abs().max())
             for name, run in runners.items()}
 
 
 def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.device,
             sides: Sequence[int], *, base: str, max_batch: int, max_pixels: int,
             budget_s: float) -> ModelPolicy:
-    """Time the paths within MAX_ERROR_LEVELS (and `base`, always allowed) at `sides`, then the
-    batch sizes of the fastest; see the module docstring. Stops early past `budget_s`."""
+    """Time the paths within MAX_ERROR_LEVELS (and `base`, always allowed) at `sides` and the
+    batch sizes the search visits, and choose (path, batch) per side together; see the module
+    docstring. Stops early past `budget_s`."""
     started = time.monotonic()
     cpu = device.type == "cpu"
     # On a CPU, four rounds at least: with two, a start on a busy 2-core machine once timed
@@ -175,30 +191,42 @@ def measure(runners: dict[str, Runner], errors: dict[str, float], device: torch.
             torch.cuda.empty_cache()
             return dict.fromkeys(calls, math.inf)
 
+    def faster(paths: list[str], batch: int, cost: dict[str, dict[int, float]]) -> list[str]:
+        """`paths` within KEEP_WITHIN of the fastest of them at `batch`."""
+        best = min(cost[p][batch] for p in paths)
+        return [p for p in paths if cost[p][batch] <= KEEP_WITHIN * best]
+
     for side in sorted(sides):
         if sizes and time.monotonic() - started > budget_s:
             break
-        path_ms = {p: t for (p, _), t in ms(side, [(p, 1) for p in alive]).items()}
-        best = min(path_ms, key=path_ms.__getitem__)
-        alive = [p for p in alive if path_ms[p] <= KEEP_WITHIN * path_ms[best]]
-        per_image = {1: path_ms[best]}
+        cost: dict[str, dict[int, float]] = {p: {1: t} for (p, _), t in
+                                             ms(side, [(p, 1) for p in alive]).items()}
+        path_ms = {p: t[1] for p, t in cost.items()}
+        alive = contenders = faster(alive, 1, cost)
         limit = min(max_batch, max(1, max_pixels // (side * side)))
         batch = 1
         while batch * 2 <= limit and time.monotonic() - started < budget_s:
             batch *= 2
             # batch 1 again, in turns with this batch: a burst of load must not make a batch
             # look cheaper (on a CPU a wrong batch > 1 costs a lone request the batch window)
-            timed = ms(side, [(best, 1), (best, batch)])
-            cost = timed[best, batch]
-            if cost == math.inf:
+            timed = ms(side, [(p, b) for p in contenders for b in (1, batch)])
+            for p in contenders:
+                cost[p][1] = min(cost[p][1], timed[p, 1])
+            earlier = min(t for c in cost.values() for t in c.values())
+            contenders = [p for p in contenders if timed[p, batch] < math.inf]
+            if not contenders:     # out of device memory
                 break
-            per_image[1] = min(per_image[1], timed[best, 1])
-            per_image[batch] = cost
-            if cost > BATCH_GAIN * min(per_image[b] for b in per_image if b < batch):
+            for p in contenders:
+                cost[p][batch] = timed[p, batch]
+            contenders = faster(contenders, batch, cost)
+            if min(cost[p][batch] for p in contenders) > BATCH_GAIN * earlier:
                 break
-        cheapest = min(per_image.values())
-        chosen = min(b for b, ms in per_image.items() if ms * BATCH_GAIN <= cheapest)
-        sizes.append(SizeChoice(side, best, chosen, per_image, path_ms))
+        best = {b: min((p for p in cost if b in cost[p]), key=lambda p: cost[p][b])
+                for b in sorted({b for c in cost.values() for b in c})}
+        cheapest = min(cost[p][b] for b, p in best.items())
+        chosen = min(b for b, p in best.items() if cost[p][b] * BATCH_GAIN <= cheapest)
+        path = best[chosen]
+        sizes.append(SizeChoice(side, path, chosen, dict(cost[path]), path_ms, cost))
     return ModelPolicy("measured", sizes, sizes[0] if sizes else SizeChoice(0, base, 1),
                        errors, rejected, warmup_s=time.monotonic() - started)
 
@@ -213,9 +241,12 @@ def adopt(measured: ModelPolicy, errors: dict[str, float], *, base: str,
     def allowed(s: SizeChoice) -> SizeChoice:
         if s.path not in rejected:
             return s
-        ok = ({p: ms for p, ms in s.path_ms.items() if p in errors and p not in rejected}
-              or {base: 0.0})
-        return replace(s, path=min(ok, key=ok.__getitem__))
+        ok = lambda p: p in errors and p not in rejected  # noqa: E731
+        # the fastest allowed at the chosen batch, else at batch 1, else the base path
+        at_batch = {p: t[s.max_batch] for p, t in s.timings.items()
+                    if ok(p) and s.max_batch in t}
+        times = at_batch or {p: ms for p, ms in s.path_ms.items() if ok(p)} or {base: 0.0}
+        return replace(s, path=min(times, key=times.__getitem__))
 
     return ModelPolicy(source, [allowed(s) for s in measured.sizes], allowed(measured.default),
                        errors, rejected, dict(measured.lanes_images_per_s))

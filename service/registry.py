@@ -11,11 +11,16 @@ weights (`LoadedModel.styles` order, summing to 1). Images with different rows r
 forward pass. Every execution path of `service.execution` takes that second input (the ONNX
 export has it as an input of its own), and the policy times them with equal weights: the
 weights do not change the cost.
+
+On CUDA a batch runs between a pinned upload and a pinned download on its worker thread's own
+streams (`service.staging`), so that with two lanes one batch's copies overlap another's
+compute.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import time
@@ -33,6 +38,7 @@ from service import execution
 from service import policy as policies
 from service.activations import INDEX_LIMIT, ActivationSizes, batch_limit
 from service.policy import ModelPolicy
+from service.staging import Staging
 
 log = logging.getLogger("service.registry")
 
@@ -78,6 +84,7 @@ class LoadedModel:
     policy: ModelPolicy = field(default_factory=lambda: policies.fixed_policy("base", 8))
     runners: dict[str, execution.Runner] = field(default_factory=dict)  # other paths in use
     activations: ActivationSizes | None = field(default=None, repr=False)  # None: unbounded
+    staging: Staging | None = field(default=None, repr=False)  # CUDA: the registry's
 
     @property
     def task(self) -> str:
@@ -121,30 +128,37 @@ class LoadedModel:
                  [np.full(n, 1 / n, np.float32)] if n else None)
 
     def run_module(self, x: torch.Tensor, mix: torch.Tensor | None = None) -> torch.Tensor:
-        """The base path: `module` as loaded (looked up at each call, so it can be swapped).
-        channels_last on CUDA; on the CPU it is slower with instance norm (bench model).
-        `mix`: a multi-style network's (N, S) style weights."""
+        """The base path: `module` as loaded (looked up at each call, so it can be swapped),
+        in the default layout on every device (`execution.base_path`: channels_last is slower
+        with instance norm, which makes its input contiguous). `mix`: a multi-style network's
+        (N, S) style weights."""
+        layout = execution.memory_format(execution.base_path(self.device, self.dtype))
         with torch.inference_mode():
-            x = x.to(self.dtype)
-            if self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(self.dtype).contiguous(memory_format=layout)   # as the registry loaded it
             return self.module(x) if mix is None else self.module(x, mix)
 
     def run(self, images: Sequence[np.ndarray],
             conditions: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
         """(H, W, 3) uint8 arrays of one shape -> outputs, (fH, fW, 3) uint8, on the path the
         policy chose for that size. A multi-style network needs `conditions`, one (S,) row of
-        style weights per image. Thread-safe: the batcher's lanes call it concurrently."""
-        x = torch.from_numpy(np.stack(images))                 # (N, H, W, 3) uint8
+        style weights per image. Thread-safe: the batcher's lanes call it concurrently; on
+        CUDA each lane stages its copies on its own streams (`service.staging`)."""
         mix = self._mix(conditions, len(images))
-        extra = () if mix is None else (mix.to(self.device),)
-        runner = self.runners.get(self.policy.choose(*x.shape[1:3]).path, self.run_module)
+        height, width = images[0].shape[:2]
+        forward = functools.partial(_forward, self.runners.get(
+            self.policy.choose(height, width).path, self.run_module))
         try:
-            with torch.inference_mode():
-                x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-                y = runner((x.float() / 255).contiguous(), *extra)
-                y = (y.float().clamp(0, 1) * 255).round().to(torch.uint8)
-                out = y.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            if self.staging is not None and self.device.type == "cuda":
+                staged = self.staging.buffers.get((len(images), height, width, 3), torch.uint8)
+                np.stack(images, out=staged.numpy())
+                inputs = [staged]
+                if mix is not None:
+                    inputs.append(self.staging.buffers.get(mix.shape, mix.dtype).copy_(mix))
+                out = self.staging.run(inputs, forward).numpy().copy()   # out of the buffer
+            else:   # the CPU (`to` and `cpu` do nothing there)
+                x = torch.from_numpy(np.stack(images)).to(self.device)
+                extra = () if mix is None else (mix.to(self.device),)
+                out = forward(x, *extra).cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             raise
@@ -166,6 +180,14 @@ class LoadedModel:
         return torch.from_numpy(mix)
 
 
+def _forward(runner: execution.Runner, x: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> the runner's (N, fH, fW, 3) uint8 output, on x's device."""
+    with torch.inference_mode():
+        y = runner((x.permute(0, 3, 1, 2).float() / 255).contiguous(), *mix)
+        y = (y.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        return y.permute(0, 2, 3, 1).contiguous()
+
+
 def equal_weights(runner: execution.Runner, styles: int) -> execution.Runner:
     """A multi-style runner as a one-input runner: every image with all styles weighted equally."""
     return lambda x: runner(x, x.new_full((x.shape[0], styles), 1 / styles))
@@ -176,8 +198,12 @@ class Registry:
 
     `policy="fixed"`: every model runs its module with batches up to `max_batch_size`, one at a
     time. `policy="measure"`: see `service.policy`; `policy_sizes` are output sides (the
-    super-resolution models are measured at the matching low-resolution inputs). `lanes` (CPU)
-    sets the forward passes at once instead: 0 leaves them to the measured policy (else 1).
+    super-resolution models are measured at the matching low-resolution inputs).
+
+    `lanes`: the batches the batcher runs at once, each on its own worker thread. On a CPU the
+    threads are split between them; 0 leaves the count to the measured policy (else 1). On
+    CUDA each has its own streams and pinned staging (`service.staging`); 0 means 2, so that
+    one batch's upload and download overlap another's compute (`lanes` sets more).
     `run_batch` is the function the batcher runs its batches with.
     """
 
@@ -198,8 +224,9 @@ class Registry:
         self.max_batch_pixels = max_batch_pixels
         self.max_activation_bytes = max_activation_bytes
         self.threads = torch.get_num_threads()
-        # Forward passes at once (CPU): `lanes`, or measured when it is 0.
-        self.lanes = lanes if lanes and self.device.type == "cpu" else 1
+        # Batches at once: `lanes`; when it is 0, measured on a CPU (1 until then), 2 on CUDA.
+        self.lanes = lanes or (2 if self.device.type == "cuda" else 1)
+        self.staging = Staging(self.device) if self.device.type == "cuda" else None
         self._measure_lanes = lanes == 0
         self._models: dict[str, LoadedModel] = {}
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
@@ -216,10 +243,11 @@ class Registry:
         for name in names:
             started = time.monotonic()
             module, manifest = self.store.load(name)
-            cl = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-            module = module.to(self.device, self.dtype).to(memory_format=cl).eval()
+            layout = execution.memory_format(self.base_path)   # what run_module feeds it
+            module = module.to(self.device, self.dtype).to(memory_format=layout).eval()
             model = LoadedModel(name, manifest, module, self.device, self.dtype,
-                                policies.fixed_policy(self.base_path, self.max_batch_size))
+                                policies.fixed_policy(self.base_path, self.max_batch_size),
+                                staging=self.staging)
             model.activations = ActivationSizes(module, len(model.styles))
             if self.policy == "measure" and self.policy_sizes:
                 self._measure(model)
@@ -246,7 +274,8 @@ class Registry:
         paths: dict[str, execution.Runner] = {
             self.base_path: model.run_module, **execution.candidates(
                 model.module, self.device, self.dtype_setting, self.dtype,
-                only=None if first is None else first.policy.paths())}
+                only=None if first is None else first.policy.paths(),
+                max_batch=self.max_batch_size)}
         if self.device.type == "cpu" and self.dtype == torch.float32:
             reference = paths[self.base_path]  # float32 on the CPU already: the reference itself
         else:
