@@ -48,6 +48,7 @@ class Services:
     codec_pool: ThreadPoolExecutor
     redis: Redis | None = None    # the one client (and pool) of the cache and the rate limit
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
+    _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _device_check: asyncio.Future[None] | None = field(default=None, repr=False)
     _device_checked_at: float = field(default=-math.inf, repr=False)
 
@@ -55,6 +56,14 @@ class Services:
         """Start the batch worker and load the models in the background (/healthz answers)."""
         self.batcher.start()
         self._loader = asyncio.create_task(self._load(), name="load-models")
+        if self.metrics.multiprocess:
+            self._refresher = asyncio.create_task(self._refresh_metrics(), name="metrics")
+
+    async def _refresh_metrics(self) -> None:
+        """Several workers: this one's gauges, written where the others' scrapes read them."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(1.0)
 
     async def wait_ready(self) -> Phase:
         if self._loader is not None:
@@ -119,8 +128,9 @@ class Services:
         return idle
 
     async def stop(self) -> None:
-        if self._loader is not None and not self._loader.done():
-            self._loader.cancel()
+        for task in (self._loader, self._refresher):
+            if task is not None and not task.done():
+                task.cancel()
         await self.batcher.close(self.settings.drain_timeout_s)
         await self.cache.close()
         if self.limiter is not None:
@@ -145,15 +155,27 @@ def connect_redis(url: str, timeout_s: float) -> Redis:
                           retry=Retry(NoBackoff(), 0))
 
 
+def make_registry(settings: Settings) -> Registry:
+    """The models on the device the settings name (the stub device: service/stub.py)."""
+    if settings.device == "stub":
+        from service.stub import StubRegistry
+
+        assert settings.stub_cost is not None   # the settings' validator checks it
+        return StubRegistry(settings.model_store, settings.models, settings.stub_cost,
+                            max_batch_size=settings.max_batch_size,
+                            max_activation_bytes=settings.max_activation_bytes)
+    return Registry(settings.model_store, settings.models, settings.device, settings.dtype,
+                    policy=settings.batch_policy, policy_sizes=settings.policy_sizes,
+                    policy_budget_s=settings.policy_budget_s,
+                    max_batch_size=settings.max_batch_size,
+                    max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
+                    max_activation_bytes=settings.max_activation_bytes)
+
+
 def build_services(settings: Settings) -> Services:
     """Build every part from the settings; nothing connects or loads until `start`."""
     metrics = Metrics()
-    registry = Registry(settings.model_store, settings.models, settings.device, settings.dtype,
-                        policy=settings.batch_policy, policy_sizes=settings.policy_sizes,
-                        policy_budget_s=settings.policy_budget_s,
-                        max_batch_size=settings.max_batch_size,
-                        max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
-                        max_activation_bytes=settings.max_activation_bytes)
+    registry = make_registry(settings)
     batcher: Batcher[tuple[str, int, int], Payload, np.ndarray] = Batcher(
         registry.run_batch, max_batch_size=settings.max_batch_size,
         max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit,
@@ -175,7 +197,7 @@ def build_services(settings: Settings) -> Services:
     limiter = make_limiter(rate=settings.rate_limit_per_s, burst=settings.rate_limit_burst,
                            redis=redis, prefix=settings.redis_key_prefix,
                            timeout_s=settings.redis_timeout_s, metrics=metrics)
-    codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads,
+    codec_pool = ThreadPoolExecutor(max_workers=settings.codec_thread_count(),
                                     thread_name_prefix="codec")
     tiling = TileConfig(   # big images run in tiles (service/tiling.py)
         threshold_pixels=settings.tile_threshold_pixels, size=settings.tile_size,

@@ -19,6 +19,7 @@ class JsonFormatter(logging.Formatter):
                   + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,     # which worker process, when there are several
             "message": record.getMessage(),
         }
         request_id = request_id_var.get()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +32,12 @@ class Settings(BaseSettings):
     model_store: Path = SHIPPED_ROOT
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="names to load (comma-separated); empty = all")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "stub"] = Field(
+        "auto", description="auto = cuda when there is one, else cpu; stub = no forward pass, "
+                            "a wait as long as `stub_cost` says (service/stub.py: measuring "
+                            "the front end without a GPU)")
+    stub_cost: Path | None = Field(
+        None, description="the stub device's cost per batch, a JSON file {side, batch_ms}")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on CUDA, float32 on CPU")
     torch_threads: int = Field(0, ge=0, description="intra-op CPU threads; 0 = torch default")
@@ -98,7 +105,8 @@ class Settings(BaseSettings):
     max_pixels: int = Field(4096 * 4096, ge=1, le=PILLOW_MAX_PIXELS,
                             description="input pixels, from the header")
     max_output_pixels: int = Field(8192 * 8192, ge=1, description="super-resolution output")
-    codec_threads: int = Field(2, ge=1, description="threads that decode and encode images")
+    codec_threads: int = Field(0, ge=0, description="threads that decode and encode images, "
+                                                    "per worker; 0 = the cores over the workers")
     max_decoded_bytes: int | None = Field(
         None, ge=1, description="decoded raster (width x height x 1, 2 or 4 bytes by the "
                                 "file's mode), from the header; unset = 4 x max_pixels")
@@ -126,7 +134,10 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.25, gt=0)
     redis_key_prefix: str = "pst:v1:"
 
-    # Process
+    # Processes
+    workers: int = Field(1, ge=1, le=64, description="HTTP worker processes on the one port, "
+                                                     "each with its own models, batcher, "
+                                                     "cache and limits (service/workers.py)")
     drain_timeout_s: float = Field(30.0, ge=0)
     device_check_s: float = Field(
         5.0, ge=0, description="least time between two health forwards of /readyz")
@@ -144,6 +155,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name}_overlap ({overlap}) must be under half of "
                                  f"{name}_size ({size})")
         return self
+
+    @model_validator(mode="after")
+    def _stub_needs_a_cost(self) -> Settings:
+        if self.device == "stub" and self.stub_cost is None:
+            raise ValueError("device=stub needs stub_cost, the device's cost per batch")
+        return self
+
+    @model_validator(mode="after")
+    def _one_rate_limit_for_all_workers(self) -> Settings:
+        """Each worker process would keep its own buckets: a client would get `workers` times
+        the rate. Redis holds one bucket per key for all of them."""
+        if self.workers > 1 and self.rate_limit_per_s > 0 and not self.redis_url:
+            raise ValueError("rate_limit_per_s with workers > 1 needs redis_url (one bucket "
+                             "per key across the worker processes)")
+        return self
+
+    def codec_thread_count(self) -> int:
+        """`codec_threads`, or this worker's share of the cores the process may use."""
+        return self.codec_threads or max(1, available_cores() // self.workers)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -172,6 +202,19 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None
+
+
+def available_cores() -> int:
+    """CPUs this process may run on: its affinity, and the cgroup's quota (a Kubernetes CPU
+    limit), whichever is smaller."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def get_settings(**overrides: Any) -> Settings:
