@@ -4,7 +4,9 @@ Decoding and encoding run in a thread pool and the forward pass on the batcher's
 the event loop only schedules. Images whose output is over `TileConfig.threshold_pixels` run in
 tiles (service/tiling.py): through the batcher for networks without instance norm; for
 instance-norm networks on a thread of their own, one image at a time, since their tiles need
-the whole image's statistics, which the shared batched `run` cannot carry. Style requests may
+the whole image's statistics, which the shared batched `run` cannot carry. Tiled jobs are
+background work: their tiles queue at the batcher's low priority, and the instance-norm thread
+steps aside before each pass while normal requests are pending. Style requests may
 mix the output with the input (`StyleOptions`); on a multi-style network they bring a row of
 style weights, which travels with the pixels through the batcher (and through the tiles) to
 the forward pass. Routes call `Inference.transform`; nothing here knows HTTP.
@@ -161,8 +163,9 @@ class Inference:
 
     async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
                          deadline: float, timings: dict[str, float]) -> np.ndarray:
-        """`pixels` through the batcher tile by tile. The deadline bounds the wait of the first
-        tile only: once the computation has started, the request is not abandoned."""
+        """`pixels` through the batcher tile by tile, at low priority (small requests go
+        first). The deadline bounds the wait of the first tile only: once the computation has
+        started, the request is not abandoned."""
         assert self.tiling is not None
         size, overlap = self.tiling.tile_for(model.factor)
         started = time.monotonic()
@@ -171,7 +174,7 @@ class Inference:
         async def submit(tile: np.ndarray) -> np.ndarray:
             nonlocal queue_s
             done = await self._submit(model, tile, mix,
-                                      deadline if queue_s is None else math.inf)
+                                      deadline if queue_s is None else math.inf, low=True)
             if queue_s is None:
                 queue_s = done.queue_s
             return done.value
@@ -205,7 +208,7 @@ class Inference:
                 self._image_norms[key] = ImageNorm(model.module, model.device, model.dtype)
             output = self._image_norms[key].run_tiled(
                 pixels, tile=size, overlap=overlap, factor=model.factor, batch_size=batch_size,
-                should_stop=stop.is_set, mix=mix)
+                should_stop=stop.is_set, busy=lambda: self.batcher.normal_pending, mix=mix)
             return output, started
 
         loop = asyncio.get_running_loop()
@@ -224,13 +227,14 @@ class Inference:
         self._image_norm_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _submit(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
-                      deadline: float) -> batching.Done[np.ndarray]:
-        """One image (or tile) through the batcher; its errors become service errors. The key
-        never holds the style weights: different styles of one network share a batch."""
+                      deadline: float, low: bool = False) -> batching.Done[np.ndarray]:
+        """One image (or tile: `low` priority) through the batcher; its errors become service
+        errors. The key never holds the style weights: different styles of one network share a
+        batch."""
         h, w = pixels.shape[:2]
         try:
             return await self.batcher.submit((model.name, h, w), (pixels, mix),
-                                             deadline=deadline, cost=h * w)
+                                             deadline=deadline, cost=h * w, low=low)
         except Exception as e:
             raise _service_error(model, e) from (None if _is_expected(e) else e)
 

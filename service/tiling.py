@@ -29,6 +29,11 @@ super-resolution models) need none and are exact up to the padding at the image 
 A multi-style network (conditional instance norm: a plain instance norm, then the mixed
 per-style scale and shift) works the same way: its plain norms get the whole-image statistics,
 and every pass gets the image's row of style weights (`mix`).
+
+Priority: the tiles of a big image are background work. Through the batcher they queue at low
+priority; `ImageNorm` runs beside the batcher, so before each forward pass it steps aside while
+`busy()` says normal requests are waiting or running, for at most `YIELD_S` per pass, so that
+it still progresses under a steady stream of them. It takes a callable: no batcher here.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import asyncio
 import contextlib
 import copy
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -49,6 +55,14 @@ from torch import nn
 
 NormStats = Literal["image", "tile"]
 _EDGE_WEIGHT = 1e-3   # weight of the ignored outer part of an overlap (never 0: see feather)
+YIELD_S = 0.02        # the longest a background forward pass steps aside for other work
+
+
+def wait_while(busy: Callable[[], bool], max_s: float, poll_s: float = 0.001) -> None:
+    """Sleep while `busy()`, at most `max_s` (background work yields, but is never starved)."""
+    deadline = time.monotonic() + max_s
+    while busy() and time.monotonic() < deadline:
+        time.sleep(poll_s)
 
 
 @dataclass(frozen=True)
@@ -357,22 +371,29 @@ class ImageNorm:
 
     def run_tiled(self, image: np.ndarray, *, tile: int, overlap: int, factor: int = 1,
                   batch_size: int = 1, should_stop: Callable[[], bool] = lambda: False,
+                  busy: Callable[[], bool] = lambda: False, yield_s: float = YIELD_S,
                   mix: np.ndarray | None = None) -> np.ndarray:
-        """Measure the whole-image statistics, then run the tiles with them. `should_stop` is
-        asked before every forward pass (a client that went away stops a long job). `mix`: a
-        multi-style network's (S,) style weights for the image."""
+        """Measure the whole-image statistics, then run the tiles with them. Before every
+        forward pass it waits while `busy()` (normal requests first), at most `yield_s`, then
+        asks `should_stop` (a client that went away stops a long job). `mix`: a multi-style
+        network's (S,) style weights for the image."""
         plan = TilePlan.make(image.shape[0], image.shape[1], tile=tile, overlap=overlap,
                              factor=factor)
 
+        def before_pass() -> bool:
+            """Whether to stop, after stepping aside for other work."""
+            wait_while(busy, yield_s)
+            return should_stop()
+
         def run(tiles: list[np.ndarray]) -> list[np.ndarray]:
-            if should_stop():
+            if before_pass():
                 raise Cancelled
             return self.run(tiles)
 
         if mix is not None:
             self.mix = torch.from_numpy(np.asarray(mix, np.float32))[None].to(self.device)
         try:
-            self.measure(image, plan, batch_size, should_stop)
+            self.measure(image, plan, batch_size, before_pass)
             return run_tiled(image, run, tile=tile, overlap=overlap, factor=factor,
                              batch_size=batch_size)
         except torch.cuda.OutOfMemoryError:

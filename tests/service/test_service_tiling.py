@@ -4,9 +4,10 @@ tiled against untiled output with shipped models, and big images through HTTP.""
 from __future__ import annotations
 
 import asyncio
+import time
 import tracemalloc
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from model_store import SHIPPED_ROOT
+from service.batcher import Batcher
 from service.registry import LoadedModel, Registry
 from service.settings import Settings
 from service.tiling import ImageNorm, TilePlan, feather, run_tiled, run_tiled_async, starts
@@ -214,6 +216,61 @@ def test_style_tiles_with_whole_image_statistics_match_untiled(shipped: Registry
     assert mean_abs_diff(per_tile, untiled) > 10
 
 
+# -- whole-image statistics yield to normal requests -------------------------------------------
+
+
+class Logged(nn.Module):
+    """A tiny instance-norm network that logs each forward pass (in a class attribute, so the
+    copy that `ImageNorm` makes logs into the same list)."""
+
+    log: ClassVar[list[str]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.norm = nn.InstanceNorm2d(3, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Logged.log.append("pass")
+        return torch.sigmoid(self.norm(self.conv(x)))
+
+
+def logged_image_norm() -> tuple[ImageNorm, list[str]]:
+    torch.manual_seed(0)
+    Logged.log = []
+    return ImageNorm(Logged(), torch.device("cpu"), torch.float32), Logged.log
+
+
+def test_image_norm_waits_before_each_pass_while_normal_work_is_pending() -> None:
+    net, log = logged_image_norm()
+    answers = iter([True, True, True])        # busy three times, then idle for good
+
+    def busy() -> bool:
+        answer = next(answers, False)
+        log.append("busy" if answer else "idle")
+        return answer
+
+    img = images.pixels(100, 90, seed=2)
+    out = net.run_tiled(img, tile=48, overlap=16, batch_size=4, busy=busy, yield_s=60)
+    assert log[:5] == ["busy", "busy", "busy", "idle", "pass"]
+    passes = [i for i, entry in enumerate(log) if entry == "pass"]
+    assert len(passes) == 2 * 3        # 9 tiles by 4: 3 passes measuring, 3 running
+    assert all(log[i - 1] == "idle" for i in passes)    # every pass asked first
+    assert np.array_equal(out, net.run_tiled(img, tile=48, overlap=16, batch_size=4))
+
+
+def test_image_norm_progresses_under_a_steady_stream_of_normal_work() -> None:
+    """Always busy: each pass waits at most `yield_s`, then runs anyway."""
+    net, log = logged_image_norm()
+    img = images.pixels(100, 90, seed=2)
+    started = time.monotonic()
+    out = net.run_tiled(img, tile=48, overlap=16, batch_size=4, busy=lambda: True,
+                        yield_s=0.02)
+    assert time.monotonic() - started >= 6 * 0.02
+    assert log.count("pass") == 6
+    assert np.array_equal(out, net.run_tiled(img, tile=48, overlap=16, batch_size=4))
+
+
 # -- through HTTP -------------------------------------------------------------------------------
 
 
@@ -238,15 +295,30 @@ def record(model: LoadedModel) -> list[tuple[int, ...]]:
     return Recorder.shapes
 
 
+def priorities(batcher: Batcher, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The `low` flag of every request submitted to `batcher` from now on."""
+    flags: list[bool] = []
+    submit = batcher.submit
+
+    async def spy(*args: Any, low: bool = False, **kwargs: Any) -> Any:
+        flags.append(low)
+        return await submit(*args, low=low, **kwargs)
+
+    monkeypatch.setattr(batcher, "submit", spy)
+    return flags
+
+
 TILED = dict(tile_threshold_pixels=64 * 64, tile_size=48, tile_overlap=16,
              superres_tile_size=24, superres_tile_overlap=8)
 
 
 @pytest.mark.parametrize("norm_stats", ["image", "tile"])
-async def test_big_style_image_runs_in_tiles(make_settings, norm_stats: str) -> None:  # noqa: ANN001
+async def test_big_style_image_runs_in_tiles(make_settings, norm_stats: str,  # noqa: ANN001
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(**TILED, tile_norm_stats=norm_stats)
     async with running(settings) as api:
         shapes = record(api.services.registry.get("udnie"))
+        low = priorities(api.services.batcher, monkeypatch)
         resp = await api.client.post("/v1/stylize?style=udnie", content=images.png(100, 90),
                                      headers=PNG)
         assert resp.status_code == 200, resp.text
@@ -258,15 +330,20 @@ async def test_big_style_image_runs_in_tiles(make_settings, norm_stats: str) -> 
         # by the batcher (the first alone, then up to max_batch_size at once)
         assert sum(s[0] for s in shapes) == (16 if norm_stats == "image" else 1) * 9
         assert max(s[0] for s in shapes) > 1
+        # 'tile': 9 background requests to the batcher; 'image': its own thread, none
+        assert low == ([] if norm_stats == "image" else [True] * 9)
 
 
-async def test_small_image_is_not_tiled(make_settings) -> None:  # noqa: ANN001
+async def test_small_image_is_not_tiled(make_settings,  # noqa: ANN001
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     async with running(make_settings(**TILED)) as api:
         shapes = record(api.services.registry.get("udnie"))
+        low = priorities(api.services.batcher, monkeypatch)
         resp = await api.client.post("/v1/stylize?style=udnie", content=images.png(60, 60),
                                      headers=PNG)
         assert resp.status_code == 200
         assert shapes == [(1, 3, 60, 60)]
+        assert low == [False]                           # a normal request
 
 
 async def test_big_superres_output_runs_in_tiles(make_settings) -> None:  # noqa: ANN001
