@@ -102,7 +102,7 @@ class BatchObserver(Protocol):
 
 
 class Batcher(Generic[K, P, R]):
-    """Queues payloads per key and runs them in batches on a single worker thread."""
+    """Queues payloads per key (and priority) and runs them in batches on worker threads."""
 
     def __init__(self, run_batch: Callable[[K, list[P]], Sequence[R]], *,
                  max_batch_size: int, queue_limit: int, max_wait_ms: float = 0.0,
