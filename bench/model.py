@@ -9,7 +9,12 @@ each path's output is compared with float32 on the CPU, in grey levels of 255 af
 the way the service encodes it.
 
 `service_path` marks, per cell, the path the service's policy (service/policy.py) would pick
-from its own candidates by the same rule: the fastest within one grey level of float32.
+from its own candidates by the same rule: the fastest within one grey level of float32. On
+CUDA those candidates are the service's own runners (`service.execution.cuda_paths`, named as
+there: `fp16` is the default layout, `fp16_channels_last` the other, `..._graphs` replays CUDA
+graphs padded to the batch), timed with their input copy and output clone; besides them
+`eager_fp32` (the baseline), `fp16_cuda_graph` (a bare graph replay of fp16, no copies) and
+`compile_fp16`.
 Lanes rows: single-image forwards running concurrently on a share of the threads each (what
 the service's CPU batcher can do), against one at a time on all of them.
 """
@@ -44,6 +49,8 @@ from service.execution import (
     ExportedRunner,
     OnnxRunner,
     OpenVinoRunner,
+    cuda_paths,
+    cuda_runner,
 )
 from service.rewrite import rewrite
 
@@ -59,12 +66,11 @@ NETWORKS: dict[str, tuple[str, str, dict[str, Any], int]] = {
 CPU_PATHS = ["eager_fp32", "channels_last", "inference_mode", "bf16_autocast", "compile", "onnx",
              "openvino", "rewrite", "onnx_rewrite", "openvino_rewrite"]
 EXPORTED = ["onnx", "openvino", "onnx_rewrite", "openvino_rewrite"]   # CPU, from the ONNX export
-CUDA_PATHS = ["eager_fp32", "channels_last", "fp16", "fp16_cuda_graph", "compile_fp16",
-              "rewrite", "fp16_rewrite", "fp16_rewrite_cuda_graph"]
 # What the service chooses from (service/execution.py), by device.
 SERVICE_CANDIDATES = {"cpu": ["inference_mode", "rewrite", "onnx_rewrite", "openvino_rewrite",
                               "bf16_autocast"],
-                      "cuda": ["channels_last", "fp16", "rewrite", "fp16_rewrite"]}
+                      "cuda": list(cuda_paths("auto"))}
+CUDA_PATHS = ["eager_fp32", *SERVICE_CANDIDATES["cuda"], "fp16_cuda_graph", "compile_fp16"]
 IMAGES = data_root() / "content-images"
 MAX_LEVELS = 1.0
 SETTLE_S = 0.05          # CPU: pause before each timed call (see time_rounds)
@@ -110,6 +116,9 @@ def make_runner(path: str, net: nn.Module, x: torch.Tensor, exported: dict[str, 
                 ) -> Runner:
     """A zero-argument callable running one forward pass of `x` the way `path` describes."""
     dev = x.device
+    if dev.type == "cuda" and path in SERVICE_CANDIDATES["cuda"]:
+        runner = cuda_runner(cuda_paths()[path], net, max_batch=x.shape[0])
+        return lambda: runner(x)
     fp32 = copy.deepcopy(net).float()
     if "rewrite" in path:
         fp32 = rewrite(fp32)
@@ -117,7 +126,7 @@ def make_runner(path: str, net: nn.Module, x: torch.Tensor, exported: dict[str, 
     xcl = x.contiguous(memory_format=torch.channels_last)
     if path == "eager_fp32":
         return no_grad(fp32, x)
-    if path == "channels_last" or (path == "rewrite" and dev.type == "cuda"):
+    if path == "channels_last":
         return no_grad(cl, xcl)
     if path in ("inference_mode", "rewrite"):
         return inference(fp32, x)
@@ -128,14 +137,12 @@ def make_runner(path: str, net: nn.Module, x: torch.Tensor, exported: dict[str, 
         return inference(torch.compile(fp32, dynamic=False, options={"freezing": True}), x)
     if path in EXPORTED:
         return exported[path](x, 0)
-    half, xh = cl.half(), xcl.half()
-    if path in ("fp16", "fp16_rewrite"):
-        return inference(half, xh)
+    half, xh = fp32.half(), x.half()     # fp16 in the default layout, as the service names it
     if path == "compile_fp16":
         torch._dynamo.reset()
         return inference(torch.compile(half, mode="max-autotune-no-cudagraphs", dynamic=False),
                          xh)
-    if path in ("fp16_cuda_graph", "fp16_rewrite_cuda_graph"):
+    if path == "fp16_cuda_graph":
         return cuda_graph_runner(half, xh)
     raise ValueError(f"unknown path {path!r}")
 
@@ -258,6 +265,8 @@ def measure_cell(network: str, net: nn.Module, size: int, batch: int, paths: lis
             else:
                 run = make_runner(path, net, x, exported)
             out = run()                           # warm-up (and compilation, for compile)
+            if device.type == "cuda":
+                out = run()       # the service's graph paths capture a shape at its second use
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row["setup_s"] = round(time.perf_counter() - t0, 3)
