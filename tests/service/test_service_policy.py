@@ -1,5 +1,6 @@
-"""The batch policy: exact network rewrites, the choice rules (on made-up costs, never on
-measured time), the batcher's per-key limits and lanes, and a measured service end to end."""
+"""The batch policy: exact network rewrites, the choice rules (on made-up costs per path and
+batch, never on measured time: the path and the batch are chosen together), the batcher's
+per-key limits and lanes, and a measured service end to end."""
 
 from __future__ import annotations
 
@@ -151,6 +152,7 @@ def test_measure_picks_the_fastest_accurate_path_and_the_batch_where_cost_stops_
     assert (choice.path, choice.max_batch) == ("good", 4)   # 8 saves under 3 %: stop at 4
     assert set(choice.per_image_ms) == {1, 2, 4, 8}
     assert choice.path_ms == {"good": 10.0, "slow": 50.0}
+    assert choice.timings == {"good": choice.per_image_ms, "slow": {1: 50.0}}
 
 
 def test_batch_1_is_timed_again_beside_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,6 +185,76 @@ def test_measure_keeps_batch_1_when_batches_cost_more_and_respects_the_pixel_bud
     gpu = policies.measure({"gpu": runner("gpu")}, {"gpu": 0.0}, torch.device("cpu"), [32],
                            base="gpu", max_batch=64, max_pixels=2 * 32 * 32, budget_s=60)
     assert gpu.sizes[0].max_batch == 2     # 4 would exceed the pixel budget
+
+
+def test_the_path_and_the_batch_are_chosen_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a GPU: graphs win at batch 1, eager passes at large batches. Each batch times every
+    path still within 15 % of the best there (batch 1 again beside it)."""
+    costs = {("graphs", 1): 1.0, ("graphs", 2): 0.6, ("graphs", 4): 0.45,
+             ("eager", 1): 1.1, ("eager", 2): 0.55, ("eager", 4): 0.30, ("eager", 8): 0.20,
+             ("eager", 16): 0.199, ("cl", 1): 3.0}
+    time_calls, runner = fake_timer(costs)
+    rounds: list[set[tuple[str, int]]] = []
+
+    def recording(fns, device, **limits):  # noqa: ANN001, ANN202
+        rounds.append(set(fns))
+        return time_calls(fns, device, **limits)
+
+    monkeypatch.setattr(policies, "time_calls", recording)
+    paths = ("graphs", "eager", "cl")
+    p = policies.measure({n: runner(n) for n in paths}, dict.fromkeys(paths, 0.0),
+                         torch.device("cpu"), [64], base="cl", max_batch=64,
+                         max_pixels=1 << 30, budget_s=60)
+    (choice,) = p.sizes
+    # 16 saves under 3 % on 8; graphs, the winner at batch 1, is 50 % slower at 4
+    assert (choice.path, choice.max_batch) == ("eager", 8)
+    assert choice.per_image_ms == {1: 1.1, 2: 0.55, 4: 0.30, 8: 0.20, 16: 0.199}
+    assert choice.path_ms == {"graphs": 1.0, "eager": 1.1, "cl": 3.0}
+    assert {path: set(t) for path, t in choice.timings.items()} == {
+        "graphs": {1, 2, 4}, "eager": {1, 2, 4, 8, 16}, "cl": {1}}
+    both = lambda b: {(n, k) for n in ("graphs", "eager") for k in (1, b)}  # noqa: E731
+    assert rounds == [{("graphs", 1), ("eager", 1), ("cl", 1)}, both(2), both(4),
+                      {("eager", 1), ("eager", 8)}, {("eager", 1), ("eager", 16)}]
+    assert p.as_dict()["sizes"][0]["timings"]["graphs"] == {"1": 1.0, "2": 0.6, "4": 0.45}
+
+
+def test_the_batch_1_winner_stays_when_it_is_fastest_at_the_chosen_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    costs = {("graphs", 1): 1.0, ("graphs", 2): 0.5, ("graphs", 4): 0.30, ("graphs", 8): 0.295,
+             ("eager", 1): 1.1, ("eager", 2): 0.52, ("eager", 4): 0.31, ("eager", 8): 0.30}
+    time_calls, runner = fake_timer(costs)
+    monkeypatch.setattr(policies, "time_calls", time_calls)
+    p = policies.measure({n: runner(n) for n in ("eager", "graphs")},
+                         {"eager": 0.0, "graphs": 0.0}, torch.device("cpu"), [64],
+                         base="eager", max_batch=64, max_pixels=1 << 30, budget_s=60)
+    assert (p.sizes[0].path, p.sizes[0].max_batch) == ("graphs", 4)
+
+
+def test_a_batch_out_of_device_memory_ends_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    costs = {("a", 1): 4.0, ("a", 2): 2.0, ("a", 4): 1.0, ("b", 1): 4.1, ("b", 2): 1.9,
+             ("b", 4): 1.1}
+    time_calls, runner = fake_timer(costs)
+
+    def out_of_memory_at_8(fns, device, **limits):  # noqa: ANN001, ANN202
+        if any(b == 8 for _, b in fns):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return time_calls(fns, device, **limits)
+
+    monkeypatch.setattr(policies, "time_calls", out_of_memory_at_8)
+    p = policies.measure({n: runner(n) for n in ("a", "b")}, {"a": 0.0, "b": 0.0},
+                         torch.device("cpu"), [64], base="a", max_batch=64,
+                         max_pixels=1 << 30, budget_s=60)
+    (choice,) = p.sizes
+    assert (choice.path, choice.max_batch) == ("a", 4)
+    assert set(choice.timings["a"]) == set(choice.timings["b"]) == {1, 2, 4}
+
+
+def test_a_shared_policy_falls_back_to_the_fastest_allowed_at_the_chosen_batch() -> None:
+    size = SizeChoice(64, "a", 8, {1: 1.0, 8: 0.2}, {"a": 1.0, "b": 2.0, "c": 1.5},
+                      {"a": {1: 1.0, 8: 0.2}, "b": {1: 2.0, 8: 0.25}, "c": {1: 1.5}})
+    shared = policies.adopt(ModelPolicy("measured", [size], size),
+                            {"a": 3.0, "b": 0.0, "c": 0.0}, base="c", source="shared")
+    assert shared.sizes[0].path == "b"       # c is faster at batch 1, never timed at 8
 
 
 def test_sizes_map_to_the_nearest_measured_size_and_shared_policies_respect_accuracy() -> None:
