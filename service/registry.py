@@ -148,7 +148,7 @@ class LoadedModel:
         forward = functools.partial(_forward, self.runners.get(
             self.policy.choose(height, width).path, self.run_module))
         try:
-            if self.staging is not None and self.device.type == "cuda":
+            if self.staging is not None:                       # CUDA
                 staged = self.staging.buffers.get((len(images), height, width, 3), torch.uint8)
                 np.stack(images, out=staged.numpy())
                 inputs = [staged]
