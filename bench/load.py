@@ -4,8 +4,12 @@ Runs as its own process (`python -m bench.load < spec.json > result.json`) so th
 CPU work is not the server's: each of `concurrency` workers posts an image, waits for the
 answer, and posts the next one. A level counts the answers completed inside its window (after
 a warm-up, until `duration_s` has passed and `min_done` have completed, at most `max_s`), and
-reads the server's batch-size histogram at both ends of the window. With `paths` (a list) the
-k-th request goes to paths[k % len(paths)] with bodies[k % len(bodies)], e.g. cycling styles.
+reads the server's batch-size histogram at both ends of the window, and (given `server_pid`) the
+CPU time of the server's processes. Each worker holds one keep-alive connection and writes its
+requests as raw HTTP/1.1 (`Connection`): a few microseconds of client CPU per request, where an
+httpx client takes about a millisecond, which on a small machine the server would miss. With
+`paths` (a list) the k-th request goes to paths[k % len(paths)] with bodies[k % len(bodies)],
+e.g. cycling styles.
 With `rounds` > 1 the levels are visited again, in reverse order every other round (1 2 4 4 2
 1 ...), and each level's windows are pooled: a drift of the machine's speed during the sweep
 then weighs on every level alike instead of on the last ones.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -103,20 +108,78 @@ def summarize(concurrency: int, windows: list[dict]) -> dict:
             "batches": dict(dist), "forward_passes": passes,
             "mean_batch": images / passes if passes else None,
             "mean_forward_ms": 1000 * forward_s / passes if passes else None,
-            "singleflight_shared": shared}
+            "singleflight_shared": shared, **cpu_per_request(windows, completed)}
+
+
+def cpu_per_request(windows: list[dict], completed: int) -> dict[str, float]:
+    """CPU milliseconds per answer of the client and (when measured) the server."""
+    return {f"{who}_cpu_ms_per_request": 1000 * sum(w["cpu_s"][who] for w in windows)
+            / max(1, completed)
+            for who in ("client", "server") if all(who in w["cpu_s"] for w in windows)}
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection posting bodies; reconnects after an error or a
+    `Connection: close`. Only what the service sends is read: Content-Length bodies."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        address = httpx.URL(url)
+        self.host, self.port = address.host, address.port or 80
+        self.timeout_s = timeout_s
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> object:
+        """The status code, or the name of the error."""
+        try:
+            return await asyncio.wait_for(self._post(path, body, content_type), self.timeout_s)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
+            self.close()
+            return type(e).__name__
+
+    async def _post(self, path: str, body: bytes, content_type: str) -> int:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self._streams
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: "
+                     f"{content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
+        status = int(head[0].split()[1])
+        fields = dict(line.split(":", 1) for line in head[1:] if ":" in line)
+        await reader.readexactly(int(fields.get("content-length", 0)))
+        if fields.get("connection", "").strip() == "close":
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and every process under it; 0 for one gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu_s(int(c)) for c in children)
 
 
 async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
-                     concurrency: int) -> dict:
+                     concurrency: int, connections: list[Connection]) -> dict:
     warmup_s, duration_s = spec["warmup_s"], spec["duration_s"]
     max_s, min_done = spec["max_s"], max(spec["min_done"], 2 * concurrency)
-    headers = {"content-type": spec.get("content_type", "image/png")}
+    content_type = spec.get("content_type", "image/png")
     paths = spec.get("paths") or [spec["path"]]
+    server = spec.get("server_pid")
     start = time.perf_counter()
     window: dict[str, float] = {"from": start + warmup_s, "to": float("inf")}
     done: list[tuple[float, float, object]] = []     # (end, latency, status)
     stop = asyncio.Event()
     scrapes: dict[str, str] = {}
+    cpu: dict[str, float] = {}
 
     async def worker(i: int) -> None:
         k = i
@@ -124,17 +187,19 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
             body, path = bodies[k % len(bodies)], paths[k % len(paths)]
             k += concurrency
             t0 = time.perf_counter()
-            try:
-                r = await client.post(path, content=body, headers=headers)
-                status: object = r.status_code
-            except httpx.HTTPError as e:
-                status = type(e).__name__
+            status = await connections[i].post(path, body, content_type)
             t1 = time.perf_counter()
             done.append((t1, t1 - t0, status))
+
+    def cpu_now(when: str) -> None:
+        cpu[f"client_{when}"] = time.process_time()
+        if server is not None:
+            cpu[f"server_{when}"] = process_cpu_s(server)
 
     async def referee() -> None:
         await asyncio.sleep(warmup_s)
         scrapes["before"] = (await client.get("/metrics")).text
+        cpu_now("before")
         while True:
             await asyncio.sleep(0.05)
             now = time.perf_counter()
@@ -142,6 +207,7 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
             in_window = sum(1 for end, _, _ in done if end >= window["from"])
             if (elapsed >= duration_s and in_window >= min_done) or elapsed >= max_s:
                 window["to"] = now
+                cpu_now("after")
                 scrapes["after"] = (await client.get("/metrics")).text
                 stop.set()
                 return
@@ -151,7 +217,9 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
                        if window["from"] <= end <= window["to"]],
             "window_s": window["to"] - window["from"],
             "errors_total": sum(1 for _, _, st in done if st != 200),
-            "batches": batch_sizes(scrapes["before"], scrapes["after"])}
+            "batches": batch_sizes(scrapes["before"], scrapes["after"]),
+            "cpu_s": {who: cpu[f"{who}_after"] - cpu[f"{who}_before"]
+                      for who in ("client", "server") if f"{who}_after" in cpu}}
 
 
 async def run(spec: dict) -> list[dict]:
@@ -160,15 +228,19 @@ async def run(spec: dict) -> list[dict]:
     limits = httpx.Limits(max_connections=max(levels) + 4,
                           max_keepalive_connections=max(levels) + 4)
     windows: dict[int, list[dict]] = {c: [] for c in levels}
-    async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout_s", 300),
+    timeout_s = spec.get("timeout_s", 300)
+    connections = [Connection(spec["url"], timeout_s) for _ in range(max(levels))]
+    async with httpx.AsyncClient(base_url=spec["url"], timeout=timeout_s,
                                  limits=limits) as client:
         for r in range(spec.get("rounds", 1)):
             for concurrency in (levels if r % 2 == 0 else levels[::-1]):
-                w = await run_window(client, spec, bodies, concurrency)
+                w = await run_window(client, spec, bodies, concurrency, connections)
                 windows[concurrency].append(w)
                 row = summarize(concurrency, [w])
                 print(json.dumps({k: v for k, v in row.items() if k != "statuses"}),
                       file=sys.stderr, flush=True)
+    for c in connections:
+        c.close()
     return [summarize(c, windows[c]) for c in levels]
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import frontend
 from bench.machine import describe, load_average, wait_until_quiet
 from bench.output import by_concurrency, figure, finish, write_json
 from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
@@ -261,7 +262,8 @@ def plot(result: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench service", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "stub"],
+                   help="stub: the front end against a recorded GPU (bench/frontend.py)")
     p.add_argument("--model", default="udnie")
     p.add_argument("--size", type=int, default=256, help="side of the one-size run")
     p.add_argument("--mixed", default="256,384,512", help="sides of the mixed run ('' off)")
@@ -287,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="first wait (up to 20 min) for a 1-minute load average under this")
     p.add_argument("--out", default="")
+    frontend.add_arguments(p)
     args = p.parse_args(argv)
+    if args.device == "stub":
+        return frontend.main(args)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     args.device = device

@@ -131,6 +131,7 @@ class Batcher(Generic[K, P, R]):
         self._closed = False
         self._worker: asyncio.Task[None] | None = None
         self.lanes = 1
+        self._split = True       # a lone batch takes every lane (use_lanes)
         self._on_lanes: Callable[[int], None] | None = None
         self._busy = 0           # lanes held by running batches
         self._share = 1          # lanes each running batch holds
@@ -154,12 +155,15 @@ class Batcher(Generic[K, P, R]):
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name="batcher")
 
-    def use_lanes(self, lanes: int, on_lanes: Callable[[int], None] | None = None) -> None:
+    def use_lanes(self, lanes: int, on_lanes: Callable[[int], None] | None = None, *,
+                  split: bool = True) -> None:
         """Let up to `lanes` batches run at once (see the module docstring). Call it before any
-        batch has run."""
+        batch has run. `split=False`: every batch holds one lane, alone or not (a GPU's lanes
+        are streams that overlap one batch's copies with another's compute, not a share of
+        threads that a lone batch should have all of)."""
         if self._running:
             raise RuntimeError("use_lanes is for start-up, before any batch runs")
-        self.lanes, self._on_lanes = max(1, lanes), on_lanes
+        self.lanes, self._on_lanes, self._split = max(1, lanes), on_lanes, split
         self._executor.shutdown(wait=False)
         self._executor = ThreadPoolExecutor(max_workers=self.lanes,
                                             thread_name_prefix="batch-worker")
@@ -269,6 +273,8 @@ class Batcher(Generic[K, P, R]):
         """Lanes for the next batch: all of them if it would run alone, else an equal share;
         fixed while any batch runs, so that concurrent batches hold equal shares. A low batch
         counts as one of at least two: on several lanes it leaves one for normal requests."""
+        if not self._split:
+            return 1
         if self._busy == 0:
             now = time.monotonic()
             ready = [(k, lo, q) for (k, lo), q in self._queues.items()

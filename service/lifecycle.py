@@ -88,7 +88,8 @@ class Services:
                     model=m.name, side=str(choice.side), path=choice.path,
                     source=m.policy.source).set(choice.max_batch)
         self.metrics.policy_lanes.set(self.registry.lanes)
-        self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes)
+        self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes,
+                               split=self.registry.device.type == "cpu")
         if self.registry.device.type == "cuda":
             self.metrics.watch_gpu_memory(self.registry.gpu_memory_bytes)
         self.admission.mark_ready()
@@ -178,7 +179,8 @@ def build_services(settings: Settings) -> Services:
     registry = make_registry(settings)
     batcher: Batcher[tuple[str, int, int], Payload, np.ndarray] = Batcher(
         registry.run_batch, max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms, queue_limit=settings.queue_limit,
+        max_wait_ms=settings.max_wait_ms, wait_when_idle=settings.max_wait_ms > 0,
+        queue_limit=settings.queue_limit,
         max_batch_cost=settings.max_batch_pixels, batch_limit=registry.max_batch,
         label=model_of, is_device_error=is_device_error, observer=BatchMetrics(metrics))
     admission = Admission(queue_limit=settings.queue_limit,

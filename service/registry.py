@@ -243,6 +243,9 @@ class Registry:
         for name in names:
             started = time.monotonic()
             module, manifest = self.store.load(name)
+            # float32 as stored, before the conversion below rounds it: what the policy builds
+            # its candidate paths from and checks them against
+            weights = copy.deepcopy(module) if self.policy == "measure" else module
             layout = execution.memory_format(self.base_path)   # what run_module feeds it
             module = module.to(self.device, self.dtype).to(memory_format=layout).eval()
             model = LoadedModel(name, manifest, module, self.device, self.dtype,
@@ -250,7 +253,7 @@ class Registry:
                                 staging=self.staging)
             model.activations = ActivationSizes(module, len(model.styles))
             if self.policy == "measure" and self.policy_sizes:
-                self._measure(model)
+                self._measure(model, weights)
             model.smoke()   # warm-up: kernels, allocator
             self._models[name] = model
             log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
@@ -263,9 +266,10 @@ class Registry:
             log.info("lanes: %d (images/s by lanes: %s)", self.lanes, self._lane_rates)
         return self.models()
 
-    def _measure(self, model: LoadedModel) -> None:
+    def _measure(self, model: LoadedModel, weights: nn.Module) -> None:
         """Choose `model`'s paths and batch sizes; the first model of an architecture is timed,
-        the others only checked for accuracy (the weights do not change the cost)."""
+        the others only checked for accuracy (the weights do not change the cost). `weights`:
+        the network in float32 on the CPU, as stored."""
         started = time.monotonic()
         arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
         first = self._measured.get(arch)
@@ -273,15 +277,14 @@ class Registry:
         styles = len(model.styles)
         paths: dict[str, execution.Runner] = {
             self.base_path: model.run_module, **execution.candidates(
-                model.module, self.device, self.dtype_setting, self.dtype,
+                copy.deepcopy(weights).to(self.device), self.device, self.dtype_setting,
+                self.dtype,
                 only=None if first is None else first.policy.paths(),
                 max_batch=self.max_batch_size)}
         if self.device.type == "cpu" and self.dtype == torch.float32:
             reference = paths[self.base_path]  # float32 on the CPU already: the reference itself
         else:
-            fp32 = copy.deepcopy(model.module).float()
-            reference = execution.TorchRunner(
-                fp32.to("cpu").to(memory_format=torch.contiguous_format), torch.float32)
+            reference = execution.TorchRunner(weights, torch.float32)
         # What is timed and checked: a multi-style network with every style weighted equally
         # (the weights do not change the cost; the rewrite leaves the norm layers as they are).
         runners = {p: equal_weights(r, styles) for p, r in paths.items()} if styles else paths

@@ -23,6 +23,9 @@ class SizePolicyInfo(BaseModel):
     max_batch: int = Field(description="largest batch the batcher forms")
     per_image_ms: dict[str, float] = Field(description="batch size -> forward ms per image")
     path_ms: dict[str, float] = Field(description="path -> batch-1 forward ms")
+    timings: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="path -> batch size -> forward ms per image: every "
+                                          "(path, batch) the policy timed")
 
 
 class PolicyInfo(BaseModel):

@@ -44,7 +44,11 @@ class Settings(BaseSettings):
 
     # Batching
     max_batch_size: int = Field(8, ge=1, le=256)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="how long a request waits for others to fill its batch while "
+                               "the device is idle; 0: a batch starts as soon as the device "
+                               "is free (while a batch runs, requests queue anyway and form "
+                               "the next one, so the arrival rate sets the batch size)")
     max_batch_pixels: int = Field(4 * 512 * 512, ge=1)
     max_activation_bytes: int | None = Field(
         None, ge=1, description="largest intermediate tensor of a batch; None: only the "
@@ -61,9 +65,12 @@ class Settings(BaseSettings):
         description="output sides measured at warm-up (comma-separated)")
     policy_budget_s: float = Field(
         8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
-    lanes: int = Field(0, ge=0, le=64, description="CPU: forward passes at once, the threads "
-                                                   "split between them; 0 = measured at warm-up "
-                                                   "(measure policy), else 1")
+    lanes: int = Field(
+        0, ge=0, le=64,
+        description="batches run at once, each on its own worker thread. CPU: the threads are "
+                    "split between them; 0 = measured at warm-up (measure policy), else 1. "
+                    "CUDA: each has its own streams and pinned staging buffers, so that one "
+                    "batch's copies overlap another's compute; 0 = 2")
 
     # Styles and blends (service/styles.py)
     style_backend: Literal["single", "multi"] = Field(

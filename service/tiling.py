@@ -312,11 +312,9 @@ class ImageNorm:
 
     def _forward(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
         """uint8 (h, w, 3) tiles -> the network's output (N, 3, f*h, f*w), as the registry's
-        base path runs it (device, dtype, channels_last on CUDA, [0, 1])."""
+        base path runs it (device, dtype, the contiguous layout, [0, 1])."""
         x = torch.from_numpy(np.stack(tiles)).to(self.device).permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 255).contiguous()
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.mix is None:
             return self.module(x)
         return self.module(x, self.mix.expand(len(tiles), -1))
