@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -199,7 +200,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out or "bench/results/service-stub.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     curve = recorded_curve(Path(args.curve), args.size)
-    result: dict = {"benchmark": "service --device stub", "machine": describe(),
+    result: dict = {"benchmark": "service --device stub",
+                    "command": "python -m bench service " + " ".join(sys.argv[2:]),
+                    "machine": describe(),
                     "load_average_start": load_average(), "model": args.model,
                     "size": args.size, "levels": args.levels, "curve": curve,
                     "stub_ceiling": stub_ceiling(curve, args.max_batch_size)}

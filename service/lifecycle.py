@@ -8,6 +8,7 @@ and the in-flight count belong to `admission.Admission`; this module moves it be
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
@@ -92,6 +93,11 @@ class Services:
                                split=self.registry.device.type == "cpu")
         if self.registry.device.type == "cuda":
             self.metrics.watch_gpu_memory(self.registry.gpu_memory_bytes)
+        # Everything alive now (torch, the models, the app) lives as long as the process: out of
+        # the collector's sight, the full collections that requests trigger stop walking
+        # millions of objects (a fifth of the event loop's time per request, measured).
+        gc.collect()
+        gc.freeze()
         self.admission.mark_ready()
         log.info("ready: %d models on %s in %.2fs", len(models), self.registry.device,
                  time.monotonic() - started)
