@@ -132,7 +132,8 @@ class Connection:
         """The status code, or the name of the error."""
         try:
             return await asyncio.wait_for(self._post(path, body, content_type), self.timeout_s)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as e:
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ValueError) as e:
             self.close()
             return type(e).__name__
 
@@ -168,12 +169,15 @@ def process_cpu_s(pid: int) -> float:
 
 
 async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
-                     concurrency: int, connections: list[Connection]) -> dict:
+                     concurrency: int) -> dict:
     warmup_s, duration_s = spec["warmup_s"], spec["duration_s"]
     max_s, min_done = spec["max_s"], max(spec["min_done"], 2 * concurrency)
     content_type = spec.get("content_type", "image/png")
     paths = spec.get("paths") or [spec["path"]]
     server = spec.get("server_pid")
+    # new connections per window: one idle between windows may be closed by the server
+    connections = [Connection(spec["url"], spec.get("timeout_s", 300))
+                   for _ in range(concurrency)]
     start = time.perf_counter()
     window: dict[str, float] = {"from": start + warmup_s, "to": float("inf")}
     done: list[tuple[float, float, object]] = []     # (end, latency, status)
@@ -213,6 +217,8 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
                 return
 
     await asyncio.gather(referee(), *(worker(i) for i in range(concurrency)))
+    for connection in connections:
+        connection.close()
     return {"inside": [(lat, st) for end, lat, st in done
                        if window["from"] <= end <= window["to"]],
             "window_s": window["to"] - window["from"],
@@ -225,22 +231,17 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
 async def run(spec: dict) -> list[dict]:
     bodies = [Path(p).read_bytes() for p in spec["bodies"]]
     levels = spec["levels"]
-    limits = httpx.Limits(max_connections=max(levels) + 4,
-                          max_keepalive_connections=max(levels) + 4)
     windows: dict[int, list[dict]] = {c: [] for c in levels}
-    timeout_s = spec.get("timeout_s", 300)
-    connections = [Connection(spec["url"], timeout_s) for _ in range(max(levels))]
-    async with httpx.AsyncClient(base_url=spec["url"], timeout=timeout_s,
-                                 limits=limits) as client:
+    # the scrapes of /metrics, seconds apart: a new connection each
+    async with httpx.AsyncClient(base_url=spec["url"], timeout=spec.get("timeout_s", 300),
+                                 limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for r in range(spec.get("rounds", 1)):
             for concurrency in (levels if r % 2 == 0 else levels[::-1]):
-                w = await run_window(client, spec, bodies, concurrency, connections)
+                w = await run_window(client, spec, bodies, concurrency)
                 windows[concurrency].append(w)
                 row = summarize(concurrency, [w])
                 print(json.dumps({k: v for k, v in row.items() if k != "statuses"}),
                       file=sys.stderr, flush=True)
-    for c in connections:
-        c.close()
     return [summarize(c, windows[c]) for c in levels]
 
 

@@ -148,9 +148,11 @@ def drive(url: str, path: str | list[str], bodies: list[Path], levels: list[int]
             "levels": levels, "duration_s": duration_s, "warmup_s": warmup_s,
             "min_done": min_done, "max_s": max_s, "rounds": rounds,
             "content_type": content_type, "server_pid": server_pid}
-    proc = subprocess.run([sys.executable, "-m", "bench.load"], cwd=ROOT, check=True,
+    proc = subprocess.run([sys.executable, "-m", "bench.load"], cwd=ROOT,
                           input=json.dumps(spec), capture_output=True, text=True,
                           timeout=rounds * len(levels) * (max_s + warmup_s + 600))
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.load failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout)
 
 
