@@ -156,15 +156,26 @@ def sweep(name: str, settings: dict[str, str], bodies: dict[str, list[Path]], le
         for run_name, files in bodies.items():
             print(f"{name} / {run_name}", flush=True)
             result["runs"][run_name] = drive(
-                url, f"/v1/stylize?style={args.model}", files, levels,
+                url, route(args.model), files, levels,
                 duration_s=args.duration_s, warmup_s=args.warmup_s, min_done=args.min_done,
                 max_s=args.max_level_s, rounds=1 if run_name == "mixed" else args.rounds)
             if run_name != "mixed":
                 result["raw_after"] = raw.measure(args.size, Path(args.images), args.raw_min_s)
                 result["one_client_in_turns"] = in_turns(
-                    url, f"/v1/stylize?style={args.model}", files, raw, args.size,
+                    url, route(args.model), files, raw, args.size,
                     Path(args.images), args.pairs)
     return result
+
+
+def route(model: str) -> str:
+    """The request path that runs `model`: a style network by its style, a super-resolution
+    one by its factor and name."""
+    from model_store import SHIPPED_ROOT, ModelStore
+
+    manifest = ModelStore(SHIPPED_ROOT).manifest(model)
+    if manifest.task == "superres":
+        return f"/v1/superres?factor={manifest.factor}&model={model}"
+    return f"/v1/stylize?style={model}"
 
 
 def in_turns(url: str, path: str, files: list[Path], raw: RawModel, side: int, images: Path,

@@ -9,7 +9,8 @@ network and blends"). The same closed-loop load runs against two configurations 
 
 - `per_style`: the per-style networks only (SERVICE_MODELS = the styles);
 - `multistyle`: the multi-style network alone, serving every style
-  (SERVICE_STYLE_BACKEND=multi).
+  (SERVICE_STYLE_BACKEND=multi);
+- `blends` (not run by default): the same network, each request an even blend of two styles.
 
 Load: `bench.load` in its own process, distinct images of one size (default 256), requests
 cycling over the styles (`style=udnie`, `style=candy`, ...), at each concurrency. Each level:
@@ -46,9 +47,18 @@ QUICK = {"size": 32, "concurrency": "1,2", "duration_s": 0.3, "warmup_s": 0.2, "
 
 def configs(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     """Configuration name -> its SERVICE_* settings beyond the common ones."""
-    return {"per_style": {"SERVICE_MODELS": ",".join(args.styles)},
-            "multistyle": {"SERVICE_MODELS": args.multistyle,
-                           "SERVICE_STYLE_BACKEND": "multi"}}
+    multi = {"SERVICE_MODELS": args.multistyle, "SERVICE_STYLE_BACKEND": "multi"}
+    return {"per_style": {"SERVICE_MODELS": ",".join(args.styles)}, "multistyle": multi,
+            "blends": multi}
+
+
+def requests(name: str, styles: list[str]) -> list[str]:
+    """The paths requests cycle over: one style each, or (`blends`) an even blend of each
+    style with the next, which only a multi-style network serves."""
+    if name != "blends":
+        return [f"/v1/stylize?style={s}" for s in styles]
+    return [f"/v1/stylize?style={a}:0.5,{b}:0.5"
+            for a, b in zip(styles, styles[1:] + styles[:1], strict=True)]
 
 
 def missing_models(store: Path, names: list[str]) -> list[str]:
@@ -75,7 +85,7 @@ def sweep(name: str, settings: dict[str, str], bodies: list[Path], levels: list[
                                    for m in models],
                         "load_average": load_average()}
         print(name, flush=True)
-        result["runs"] = drive(url, [f"/v1/stylize?style={s}" for s in args.styles], bodies,
+        result["runs"] = drive(url, requests(name, args.styles), bodies,
                                levels, duration_s=args.duration_s, warmup_s=args.warmup_s,
                                min_done=args.min_done, max_s=args.max_level_s)
     return result
