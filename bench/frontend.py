@@ -199,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
     args.max_batch_size = args.max_batch_size or 64
     out = Path(args.out or "bench/results/service-stub.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    curve = recorded_curve(Path(args.curve), args.size)
+    curve = recorded_curve(Path(args.curve), args.curve_side)
     result: dict = {"benchmark": "service --device stub",
                     "command": "python -m bench service " + " ".join(sys.argv[2:]),
                     "machine": describe(),
@@ -233,6 +233,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("--device stub")
     g.add_argument("--curve", default=str(H200),
                    help="bench model results whose fastest path per batch the stub follows")
+    g.add_argument("--curve-side", type=int, default=256,
+                   help="the recorded size whose curve the stub follows (scaled by pixels)")
     g.add_argument("--workers", default="1,2", help="worker process counts to compare")
     g.add_argument("--codec-s", type=float, default=5.0,
                    help="seconds of the codec-only ceiling per body kind")

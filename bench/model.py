@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     load_start = (wait_until_quiet(args.wait_quiet, 1200) if args.wait_quiet
                   else load_average())
     result: dict = {"benchmark": "model", "machine": describe(), "device": str(dev),
-                    "paths": paths, "images": args.images if Path(args.images).is_dir()
+                    "paths": paths, "service_paths": SERVICE_CANDIDATES[dev.type],
+                    "images": args.images if Path(args.images).is_dir()
                     else "synthetic", "load_average_start": load_start, "results": [],
                     "complete": False, "settings": vars(args)}
     started = time.monotonic()

@@ -9,6 +9,7 @@ left out of the block.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from bench.machine import caption
@@ -23,6 +24,7 @@ def readme_block(results: Path = RESULTS) -> str | None:
              *(gpu_part(_load(p)) for p in sorted(results.glob("model-cuda*.json"))),
              service_part(_load(results / "service-cpu.json")),
              *(service_part(_load(p)) for p in sorted(results.glob("service-cuda*.json"))),
+             stub_part(_load(results / "service-stub.json")),
              cache_part(_load(results / "cache.json"))]
     return "\n\n".join(p for p in parts if p) or None
 
@@ -57,21 +59,28 @@ def model_part(doc: dict | None) -> str:
 
 
 def gpu_part(doc: dict | None) -> str:
-    """The style network on a GPU: best fp16 throughput at 256, best latency at 1024."""
+    """The style network on a GPU, on the paths the service runs (`service_paths`, which bench
+    model records): best throughput at 256, best latency at 1024. A run that records none
+    (an older bench model, which timed benchmark-only paths) is not quoted."""
     if not doc:
         return ""
-    style = [r for r in doc["results"] if r["network"] == "style" and "latency_ms" in r]
-    fp16 = [r for r in style if r["size"] == 256 and "fp16" in r["path"]]
+    served = set(doc.get("service_paths", []))
+    style = [r for r in doc["results"] if r["network"] == "style" and "latency_ms" in r
+             and r["path"] in served]
+    small = [r for r in style if r["size"] == 256]
     big = [r for r in style if r["size"] == 1024 and r["batch"] == 1]
-    if not fp16 or not big:
-        return ""
-    top = max(fp16, key=lambda r: r["images_per_s"])
+    if not small or not big:
+        return (f"GPU: no figures of the service's own paths yet. The one GPU run "
+                f"(`bench/results/model-cuda*.json`, {doc['machine']['gpu']}) predates them "
+                f"(CUDA graphs, fp16 in both layouts, pinned staging) and timed "
+                f"benchmark-only paths; `bash bench/gpu.sh` on a GPU measures them.")
+    top = max(small, key=lambda r: r["images_per_s"])
     fast = min(big, key=lambda r: r["latency_ms"])
     return (f"On an {doc['machine']['gpu']} (torch {doc['machine']['torch']}, "
-            f"`bench/results/model-cuda*.json`): the style network at 256×256 in fp16 runs "
-            f"{top['images_per_s']:,.0f} images/s (`{top['path']}`, batch {top['batch']}; "
-            f"target 2,000), and a 1024×1024 image takes {fast['latency_ms']:.2f} ms "
-            f"(`{fast['path']}`, batch 1; target under 10 ms).")
+            f"`bench/results/model-cuda*.json`), on the service's own paths: the style network "
+            f"at 256×256 runs {top['images_per_s']:,.0f} images/s (`{top['path']}`, batch "
+            f"{top['batch']}; target 2,000), and a 1024×1024 image takes "
+            f"{fast['latency_ms']:.2f} ms (`{fast['path']}`, batch 1; target under 10 ms).")
 
 
 def service_part(doc: dict | None) -> str:
@@ -124,6 +133,64 @@ def service_part(doc: dict | None) -> str:
             + (f" (the sweep's 1-client p50 against those raw timings: "
                f"{t['conc1_sweep_p50_minus_raw_batch1_ms']:+.1f} ms)"
                if "conc1_sweep_p50_minus_raw_batch1_ms" in t else "") + ".\n\n"
+            + "\n".join(rows) + "\n\n" + "\n".join(goals))
+
+
+KINDS = {"photo_jpeg": "photo, JPEG in and out", "noise_png": "noise, PNG in and out"}
+
+
+def stub_part(doc: dict | None) -> str:
+    """The front end against a recorded GPU (`bench service --device stub`): requests/s by
+    clients per body and worker count, server CPU per request, and the issue's targets."""
+    if not doc or "targets" not in doc:
+        return ""
+    levels, top, t = doc["levels"], max(doc["levels"]), doc["targets"]
+    rows = ["| body, workers | " + " | ".join(str(c) for c in levels)
+            + f" | server CPU ms / request at {top} |",
+            "| :--- |" + " ---: |" * (len(levels) + 1)]
+    for kind, label in KINDS.items():
+        for config in doc["configs"]:
+            at = {r["concurrency"]: r for r in config["runs"].get(kind, [])}
+            if not at:
+                continue
+            cpu = at[top].get("server_cpu_ms_per_request") if top in at else None
+            rows.append(f"| {label}, {config['workers']} | "
+                        + " | ".join(f"{at[c]['throughput_per_s']:,.0f}" if c in at else "—"
+                                     for c in levels)
+                        + (f" | {cpu:.2f} |" if cpu is not None else " | — |"))
+    ceilings = "; ".join(f"{KINDS[k]}: decode {c['decode_cpu_ms']:.2f} + encode "
+                         f"{c['encode_cpu_ms']:.2f} CPU ms, {c['images_per_s']:,.0f}/s on "
+                         f"{c['processes']} cores" for k, c in doc["codec_ceiling"].items())
+    workers = max(c["workers"] for c in doc["configs"])
+    goals = ["| target | measured | met |", "| :--- | ---: | :---: |"]
+    ratio = t.get(f"noise_png_{workers}w_at_{top}_vs_codec_ceiling")
+    if ratio is not None:
+        goals.append(f"| at {top} clients ≥ 0.9 × the codec-only ceiling (noise PNG, "
+                     f"{workers} workers) | {ratio:.2f}× | {_yes(t['codec_ceiling_0.9_met'])} |")
+    for kind in KINDS:
+        r = t.get(f"{kind}_two_workers_vs_one_at_{top}")
+        if r is not None:
+            goals.append(f"| two workers ≥ one at {top} clients ({KINDS[kind]}) | {r:.2f}× "
+                         f"| {_yes(r >= 1.0)} |")
+    lower = [f"{KINDS[m.group(1)]}, {m.group(2)} worker(s)" for k, v in t.items()
+             if not v and (m := re.fullmatch(r"(\w+)_(\d+)w_\d+_not_below_\d+", k))]
+    goals.append(f"| never lower at {top} clients than at 16 | "
+                 f"{'lower: ' + '; '.join(lower) if lower else 'none lower'} "
+                 f"| {_yes(t['never_lower_at_64_than_16_met'])} |")
+    cpu = t.get(f"photo_jpeg_{workers}w_server_cpu_ms_per_request_at_{top}")
+    if cpu is not None:
+        goals.append(f"| server CPU per request ≤ 3 ms (photo JPEG, {workers} workers, all "
+                     f"processes) | {cpu:.2f} ms | {_yes(t['jpeg_cpu_3ms_met'])} |")
+    goals.append(f"| no errors | {t['errors_total']} | {_yes(t['errors_total'] == 0)} |")
+    curve = doc["curve"]
+    return (f"Front end (`{doc.get('command', 'python -m bench service --device stub')}`, "
+            f"{caption(doc)}): the whole service but the forward pass, which waits as long as "
+            f"the recorded GPU took for the batch (`{curve['source']}`, fastest path at "
+            f"{curve['side']}×{curve['side']}; {doc['stub_ceiling']['images_per_s']:,.0f} "
+            f"images/s at best, batch {doc['stub_ceiling']['at_batch']}). Closed-loop clients "
+            f"(a raw HTTP/1.1 client on the same cores) posting distinct {doc['size']}×"
+            f"{doc['size']} images; requests/s by number of clients. The codec-only ceiling "
+            f"(decode and encode alone, one process per core): {ceilings}.\n\n"
             + "\n".join(rows) + "\n\n" + "\n".join(goals))
 
 

@@ -51,7 +51,8 @@ def gpu_reference(path: Path = GPU_BENCH) -> dict[str, Any]:
     for r in doc["results"]:
         if r["network"] == "style" and r["batch"] == 1 and "latency_ms" in r:
             ms.setdefault(str(r["size"]), {})[r["path"]] = r["latency_ms"]
-    return {"source": str(path.relative_to(REPO)), "machine": doc["machine"], "latency_ms": ms}
+    return {"source": str(path.relative_to(REPO)), "machine": doc["machine"], "latency_ms": ms,
+            "service_paths": doc.get("service_paths", [])}
 
 
 def gatys_timing(vgg: LossNetwork, content: torch.Tensor, style: torch.Tensor,
@@ -93,21 +94,26 @@ def speed_table(doc: dict[str, Any]) -> str:
 
 
 def reference_speed_table(doc: dict[str, Any]) -> str:
-    """The paper's own figures and the GPU benchmark, each with its machine."""
+    """The paper's own figures, and the GPU benchmark's fastest path of those the service runs,
+    each with its machine (a GPU run that records no service paths is left out)."""
     gpu = doc["gpu"]
-    name = gpu["machine"]["gpu"]
+    served = set(gpu.get("service_paths", []))
     header = ["image size", f"paper: Gatys 100 / 300 / 500 it. ({PAPER_GPU})",
-              f"paper: network ({PAPER_GPU})", f"{name}: eager fp32", f"{name}: fp16 CUDA graph"]
+              f"paper: network ({PAPER_GPU})"]
+    if served:
+        header.append(f"{gpu['machine']['gpu']}: the service's fastest path, batch 1")
     rows = []
     for size in doc["sizes"]:
         p = doc["paper"].get(size, {})
-        g = gpu["latency_ms"].get(size, {})
-        rows.append([f"{size}×{size}",
-                     " / ".join(f"{p[n]} s" for n in ("100", "300", "500")) if p else "—",
-                     f"{p['network']} s" if p else "—",
-                     f"{g['eager_fp32']:.2f} ms" if "eager_fp32" in g else "—",
-                     f"{g['fp16_cuda_graph']:.2f} ms" if "fp16_cuda_graph" in g else "—"])
-    return markdown_table(header, rows, "lrrrr")
+        row = [f"{size}×{size}", " / ".join(f"{p[n]} s" for n in ("100", "300", "500"))
+               if p else "—", f"{p['network']} s" if p else "—"]
+        if served:
+            g = {path: ms for path, ms in gpu["latency_ms"].get(size, {}).items()
+                 if path in served}
+            best = min(g, key=g.__getitem__) if g else None
+            row.append(f"`{best}` {g[best]:.2f} ms" if best else "—")
+        rows.append(row)
+    return markdown_table(header, rows, "l" + "r" * (len(header) - 1))
 
 
 def speed_legend(doc: dict[str, Any]) -> str:
@@ -119,8 +125,10 @@ def speed_legend(doc: dict[str, Any]) -> str:
             f"iteration + (n − 1) × median time of the later ones. Network: `{doc['model']}`, "
             f"batch 1, median of {doc['runs']} runs; the service path is what the service runs "
             f"(uint8 in and out) on the execution path its measured policy chose for that size"
-            f"{service_paths(doc)}. GPU figures: "
-            f"`{doc['gpu']['source']}` ({m['gpu']}, torch {m['torch']}), batch 1.")
+            f"{service_paths(doc)}. "
+            + (f"GPU figures: `{doc['gpu']['source']}` ({m['gpu']}, torch {m['torch']}), "
+               f"batch 1, on the paths the service runs." if doc["gpu"].get("service_paths")
+               else "GPU: not yet measured on the paths the service runs (`bash bench/gpu.sh`)."))
 
 
 def service_paths(doc: dict[str, Any]) -> str:

@@ -55,8 +55,10 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> int:
     """Run one service process until it is stopped (0) or fails (1), on `sockets` when given
     (a worker process), else on settings.host:port."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    # CPU threads for the forward passes: the setting (else torch's default, the cores) is for
+    # the whole pod, shared by its worker processes
+    threads = settings.torch_threads or torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // settings.workers))
     app = create_app(settings)
     services: Services = app.state.services
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,

@@ -82,15 +82,16 @@ def test_service(tmp_path: Path) -> None:
 
 def test_a_level_pools_the_windows_of_its_rounds() -> None:
     def window(seconds: float, answers: list[tuple[float, object]], batches: dict[str, float],
-               images: float, forward_s: float) -> dict:
+               images: float, forward_s: float, server_cpu_s: float) -> dict:
         return {"inside": answers, "window_s": seconds, "errors_total": 0,
                 "batches": {"batches": batches, "forward_passes": sum(batches.values()),
                             "images": images, "forward_s": forward_s,
-                            "singleflight_shared": 0.0}}
+                            "singleflight_shared": 0.0},
+                "cpu_s": {"client": 0.001 * len(answers), "server": server_cpu_s}}
 
     row = bench_load.summarize(4, [
-        window(1.0, [(0.1, 200), (0.2, 200), (0.3, 200)], {"1": 1, "2": 1}, 3, 0.3),
-        window(2.0, [(0.4, 200), (0.5, 503)], {"1": 1}, 1, 0.1)])
+        window(1.0, [(0.1, 200), (0.2, 200), (0.3, 200)], {"1": 1, "2": 1}, 3, 0.3, 0.02),
+        window(2.0, [(0.4, 200), (0.5, 503)], {"1": 1}, 1, 0.1, 0.01)])
     assert row["throughput_per_s"] == pytest.approx(4 / 3)      # 4 answers of 200 in 3 s
     assert row["round_throughputs"] == pytest.approx([3.0, 0.5])
     assert (row["completed"], row["errors"], row["statuses"]) == (5, 1, {"200": 4, "503": 1})
@@ -98,3 +99,29 @@ def test_a_level_pools_the_windows_of_its_rounds() -> None:
     assert row["batches"] == {"1": 2, "2": 1} and row["forward_passes"] == 3
     assert row["mean_batch"] == pytest.approx(4 / 3)              # 4 images in 3 passes
     assert row["mean_forward_ms"] == pytest.approx(400 / 3)
+    assert row["server_cpu_ms_per_request"] == pytest.approx(30 / 5)   # 30 ms over 5 answers
+    assert row["client_cpu_ms_per_request"] == pytest.approx(1.0)
+
+
+@pytest.mark.timeout(180)
+def test_service_on_the_stub_device(tmp_path: Path) -> None:
+    out = tmp_path / "stub.json"
+    assert bench_service.main([
+        "--device", "stub", "--size", "32", "--concurrency", "1,2", "--workers", "1,2",
+        "--duration-s", "0.3", "--warmup-s", "0.2", "--min-done", "2", "--rounds", "1",
+        "--codec-s", "0.2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["curve"]["side"] == 256 and result["curve"]["batch_ms"]["1"] > 0
+    assert result["stub_ceiling"]["images_per_s"] > 0
+    assert set(result["codec_ceiling"]) == {"photo_jpeg", "noise_png"}
+    assert [c["workers"] for c in result["configs"]] == [1, 2]
+    for config in result["configs"]:
+        for kind, rows in config["runs"].items():
+            assert [r["concurrency"] for r in rows] == [1, 2], kind
+            for r in rows:
+                assert r["errors_total"] == 0 and r["server_cpu_ms_per_request"] > 0
+    t = result["targets"]
+    assert {"two_workers_lose_nothing_met", "jpeg_cpu_3ms_met", "errors_total"} <= set(t)
+    assert t["photo_jpeg_two_workers_vs_one_at_2"] == pytest.approx(
+        result["configs"][1]["runs"]["photo_jpeg"][1]["throughput_per_s"]
+        / result["configs"][0]["runs"]["photo_jpeg"][1]["throughput_per_s"])

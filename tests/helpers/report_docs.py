@@ -45,7 +45,9 @@ def speed_doc() -> dict:
             "sizes": {"256": {"gatys": gatys, "network": {"eager_fp32_s": 0.2,
                                                            "service_s": 0.1}}},
             "gpu": {"source": "bench.json", "machine": {"gpu": "GPU", "torch": "2"},
-                    "latency_ms": {"256": {"eager_fp32": 2.5012, "fp16_cuda_graph": 0.94}}},
+                    "latency_ms": {"256": {"eager_fp32": 2.5012, "fp16_cuda_graph": 0.94,
+                                           "fp16": 2.51, "fp16_graphs": 1.02}},
+                    "service_paths": ["fp16", "fp16_graphs"]},
             "paper": PAPER_SPEED}
 
 
