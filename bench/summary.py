@@ -162,7 +162,7 @@ def stub_part(doc: dict | None) -> str:
                          f"{c['encode_cpu_ms']:.2f} CPU ms, {c['images_per_s']:,.0f}/s on "
                          f"{c['processes']} cores" for k, c in doc["codec_ceiling"].items())
     workers = max(c["workers"] for c in doc["configs"])
-    goals = ["| target | measured | met |", "| :--- | ---: | :---: |"]
+    goals = ["| front-end target | measured | met |", "| :--- | ---: | :---: |"]
     ratio = t.get(f"noise_png_{workers}w_at_{top}_vs_codec_ceiling")
     if ratio is not None:
         goals.append(f"| at {top} clients ≥ 0.9 × the codec-only ceiling (noise PNG, "

@@ -255,6 +255,36 @@ def test_bench_block_matches_the_results():
         best = max(r["images_per_s"] for r in style if r["size"] == 256)
         fastest = min(r["latency_ms"] for r in style if r["size"] == 1024 and r["batch"] == 1)
         assert f"{best:,.0f} images/s" in text and f"{fastest:.2f} ms" in text
+    stub = BENCH / "service-stub.json"
+    if stub.is_file():
+        check_front_end(json.loads(stub.read_text()), found)
     if (BENCH / "cache.json").is_file():
         cache = json.loads((BENCH / "cache.json").read_text())["cache"]
         assert f"p50 {cache['redis']['p50_ms']:.2f} ms from Redis" in text
+
+
+def check_front_end(doc: dict, found: list) -> None:
+    """The front end's table (`bench service --device stub`) against its JSON."""
+    (rows,) = [t for t in found if "body, workers" in t[0]]
+    top = max(doc["levels"])
+    runs = {(kind, c["workers"]): c["runs"][kind] for c in doc["configs"] for kind in c["runs"]}
+    assert len(rows) == len(runs)
+    for row in rows:
+        label, workers = row["body, workers"].rsplit(", ", 1)
+        kind = "photo_jpeg" if label.startswith("photo") else "noise_png"
+        by = {r["concurrency"]: r for r in runs[kind, int(workers)]}
+        for c in doc["levels"]:
+            assert_cell(row[str(c)], [by[c]["throughput_per_s"]])
+        assert_cell(row[f"server CPU ms / request at {top}"],
+                    [by[top]["server_cpu_ms_per_request"]])
+    (goals,) = [t for t in found if "front-end target" in t[0]]
+    t = doc["targets"]
+    shown = {g["front-end target"]: g for g in goals}
+    (ceiling,) = [g for k, g in shown.items() if "codec-only ceiling" in k]
+    (ratio,) = [v for k, v in t.items() if k.startswith("noise_png_")
+                and k.endswith(f"_at_{top}_vs_codec_ceiling")
+                and f"_{max(c['workers'] for c in doc['configs'])}w_" in k]
+    assert_cell(ceiling["measured"], [ratio])
+    assert (ceiling["met"] == "yes") == t["codec_ceiling_0.9_met"]
+    (errors,) = [g for k, g in shown.items() if k == "no errors"]
+    assert int(errors["measured"]) == t["errors_total"]
