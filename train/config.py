@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 
 from model_store import data_root
 from nets.layers import Norm, Padding, Upsample
+from train.degrade import Degradation
 
 Amp = Literal["auto", "bf16", "fp16", "none"]
 SaveDtype = Literal["float16", "float32"]
@@ -68,7 +69,11 @@ class SuperResConfig(TrainConfig):
                           aliases=("--image-size",))
     feature_layer: str = opt("relu2_2", "layer of the feature reconstruction loss")
     residual: bool = opt(False, "predict a correction to bicubic upsampling (not in the paper)")
-    blur_sigma: float = opt(1.0, "Gaussian blur before downsampling (the paper: 1.0)")
+    degradation: Degradation = opt(
+        "bicubic", "how the low-resolution inputs are made (train/degrade.py): bicubic "
+                   "(antialiased, as `train eval` and users make them) or paper (blur, then "
+                   "bicubic without antialiasing)")
+    blur_sigma: float = opt(1.0, "Gaussian blur of --degradation paper (the paper: 1.0)")
 
 
 @dataclass(frozen=True)

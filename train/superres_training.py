@@ -28,7 +28,7 @@ class SuperResObjective(nn.Module):
     def forward(self, net: nn.Module, hr: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         with torch.no_grad():
-            lr = degrade(hr, cfg.factor, cfg.blur_sigma)
+            lr = degrade(hr, cfg.factor, cfg.blur_sigma, cfg.degradation)
         y = net(lr)
         if self.vgg is None:
             main = {"pixel": pixel_loss(y, hr)}
