@@ -94,10 +94,11 @@ def codec_ceiling(paths: list[Path], fmt: str, seconds: float) -> dict:
     """Decode + encode alone, one process per core, all at once: images/s, and CPU ms per
     image of each stage."""
     cores = len(os.sched_getaffinity(0))
+    files = [str(p) for p in paths]
     with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
         start_at = time.time() + 3.0    # after every process has imported
-        runs = list(pool.map(_codec_loop, *zip(*[([str(p) for p in paths], fmt, seconds,
-                                                   start_at)] * cores, strict=True)))
+        runs = [f.result() for f in [pool.submit(_codec_loop, files, fmt, seconds, start_at)
+                                     for _ in range(cores)]]
     images = sum(n for n, _, _ in runs)
     return {"processes": cores, "images_per_s": images / seconds,
             "decode_cpu_ms": 1000 * sum(d for _, d, _ in runs) / images,
