@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from PIL import Image
 from bench.machine import describe, load_average
 from bench.output import by_concurrency, figure, finish, write_json
 from bench.server import PHOTOS, ROOT, drive, launch, load_settings, photo_pngs
+from service.settings import available_cores
 
 H200 = ROOT / "bench" / "results" / "model-cuda-h200.json"
 BODIES = {"photo_jpeg": ("image/jpeg", "jpeg"), "noise_png": ("image/png", "png")}
@@ -93,7 +93,7 @@ def _codec_loop(paths: list[str], fmt: str, seconds: float, start_at: float
 def codec_ceiling(paths: list[Path], fmt: str, seconds: float) -> dict:
     """Decode + encode alone, one process per core, all at once: images/s, and CPU ms per
     image of each stage."""
-    cores = len(os.sched_getaffinity(0))
+    cores = available_cores()    # as the service counts them for its codec threads
     files = [str(p) for p in paths]
     with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
         start_at = time.time() + 3.0    # after every process has imported
