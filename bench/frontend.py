@@ -133,6 +133,14 @@ def run_workers(workers: int, cost_file: Path, bodies: dict[str, list[Path]],
     return result
 
 
+def lower_in_every_round(a: dict, b: dict) -> bool:
+    """Is level `a` slower than level `b` beyond this machine's noise: every round of `a`
+    under every round of `b`? Rounds of one level here differ by up to a third (a shared
+    2-core machine), so a lower pooled mean alone is a coin toss where the curve is flat;
+    a front end that falls off (376 requests/s at 16 clients, 239 at 32) is lower in all."""
+    return max(a["round_throughputs"]) < min(b["round_throughputs"])
+
+
 def targets(result: dict) -> dict:
     """Issue 17's targets on this machine, on this run's numbers."""
     t: dict = {}
@@ -147,8 +155,9 @@ def targets(result: dict) -> dict:
             t[f"{name}_server_cpu_ms_per_request_at_{top}"] = rows[top].get(
                 "server_cpu_ms_per_request")
         if top in rows and mid in rows:
-            t[f"{name}_{top}_not_below_{mid}"] = (rows[top]["throughput_per_s"]
-                                                  >= rows[mid]["throughput_per_s"])
+            t[f"{name}_{top}_vs_{mid}"] = (rows[top]["throughput_per_s"]
+                                           / rows[mid]["throughput_per_s"])
+            t[f"{name}_{top}_not_below_{mid}"] = not lower_in_every_round(rows[top], rows[mid])
     for kind in BODIES:
         one, two = by.get((1, kind), {}), by.get((2, kind), {})
         if top in one and top in two:
