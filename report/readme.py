@@ -47,7 +47,10 @@ def readme_blocks(docs: Path, bench_results: Path = bench_summary.RESULTS) -> di
     if doc := load("sr.json"):
         blocks["sr-table"] = (
             "Y-channel PSNR (dB) / SSIM, border = factor; paper = Johnson et al. Fig. 8 (×4). "
-            "From `python -m report sr`, details in [docs/sr.md](docs/sr.md).\n\n"
+            "The low-resolution inputs are the HR images shrunk with PIL's antialiased bicubic "
+            "(like MATLAB's `imresize`, and a user shrinking a photo); "
+            + sr.trained_on(doc) + " From `python -m report sr`, details, the paper's "
+            "degradation and sharpness in [docs/sr.md](docs/sr.md).\n\n"
             + sr.sr_table(doc))
     if doc := load("style.json"):
         blocks["style-table"] = (style.style_legend(doc) + " Details in [docs/style.md]"

@@ -25,11 +25,15 @@ PAPER_SR_X4: dict[str, dict[str, tuple[float, float]]] = {
               "feat": (24.99, 0.6731)},
 }
 LOSS_LABELS = {"pixel": "pixel loss", "feat": "feature loss"}
+DEGRADATIONS = {"bicubic": "PIL bicubic", "paper": "paper's blur + bicubic"}
 
 
 def sr_models(store: ModelStore) -> dict[str, dict[str, Any]]:
-    """{name: {"factor", "loss"}} of every SR model in the store, the loss from its training."""
-    return {m.name: {"factor": m.factor, "loss": m.training.get("config", {}).get("loss", "feat")}
+    """{name: {"factor", "loss", "degradation"}} of every SR model in the store, from its
+    training config (a model trained before --degradation existed had the paper's)."""
+    return {m.name: {"factor": m.factor,
+                     "loss": m.training.get("config", {}).get("loss", "feat"),
+                     "degradation": m.training.get("config", {}).get("degradation", "paper")}
             for m in store.manifests() if m.task == "superres"}
 
 
@@ -81,6 +85,54 @@ def sr_deltas(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trained_on(doc: dict[str, Any]) -> str:
+    """One sentence: which models were trained on which degradation."""
+    by: dict[str, list[str]] = {}
+    for name, m in sorted(doc["models"].items()):
+        by.setdefault(m["degradation"], []).append(f"`{name}`")
+    return "trained on " + "; ".join(f"{DEGRADATIONS[d]}: {', '.join(names)}"
+                                     for d, names in by.items()) + "."
+
+
+def degradation_table(doc: dict[str, Any]) -> str:
+    """Every method on LR inputs made both ways, beside the degradation it was trained on."""
+    datasets = list(doc["results"])
+    header = ["method", "factor", "trained on"] + [f"{ds}, LR by {DEGRADATIONS[d]}"
+                                                  for ds in datasets for d in DEGRADATIONS]
+    rows = []
+    for factor in sorted({m["factor"] for m in doc["models"].values()}):
+        names = ["bicubic", *sorted(n for n, m in doc["models"].items() if m["factor"] == factor)]
+        for name in names:
+            m = doc["models"].get(name)
+            cells = [f"`{name}`" if m else name, f"×{factor}",
+                     DEGRADATIONS[m["degradation"]] if m else "—"]
+            for ds in datasets:
+                for d in DEGRADATIONS:
+                    by = doc["results"] if d == "bicubic" else doc.get("results_paper", {})
+                    r = by.get(ds, {}).get(f"x{factor}", {}).get(name)
+                    cells.append(fmt_quality(r["psnr"], r["ssim"]) if r else "—")
+            rows.append(cells)
+    return markdown_table(header, rows, "lrl" + "r" * (len(header) - 3))
+
+
+def sharpness_table(doc: dict[str, Any]) -> str:
+    """Gradient energy of each method's luma over the HR image's (1.00: as sharp as the
+    original), on the standard inputs."""
+    datasets = list(doc["results"])
+    rows = []
+    for factor in sorted({m["factor"] for m in doc["models"].values()}):
+        for name in ["bicubic", *sorted(n for n, m in doc["models"].items()
+                                        if m["factor"] == factor)]:
+            m = doc["models"].get(name)
+            label = f"`{name}` ({LOSS_LABELS[m['loss']]})" if m else name
+            cells = [label, f"×{factor}"]
+            for ds in datasets:
+                r = doc["results"][ds].get(f"x{factor}", {}).get(name, {})
+                cells.append(f"{r['sharpness']:.2f}" if "sharpness" in r else "—")
+            rows.append(cells)
+    return markdown_table(["method", "factor", *datasets], rows, "lr" + "r" * len(datasets))
+
+
 def plot_sr(doc: dict[str, Any], path: Path) -> None:
     """PSNR and SSIM per method, ours solid and the paper's hatched, per dataset."""
     plt = pyplot()
@@ -114,26 +166,29 @@ def plot_sr(doc: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate every SR model; write docs/sr.{json,md,png} and each model's metrics."""
-    from train.evaluate import evaluate
+    from train.evaluate import evaluate, metric_key
 
     store = ModelStore(args.store)
     models = sr_models(store)
     if not models:
         raise ValueError(f"no super-resolution models in {args.store}")
     torch.set_num_threads(args.threads)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in DEGRADATIONS}
     for ds in args.datasets.split(","):
-        results[ds] = {}
-        for factor in sorted({m["factor"] for m in models.values()}):
-            r = evaluate(Path(args.data) / "sr" / ds, factor, args.store)
-            results[ds][f"x{factor}"] = r
-            for name, v in r.items():
-                if name != "bicubic":
-                    store.update_metrics(name, {f"{ds}_x{factor}": {"psnr": v["psnr"],
-                                                                    "ssim": v["ssim"]}})
-            scores = ", ".join(f"{n} {v['psnr']:.2f}/{v['ssim']:.4f}" for n, v in r.items())
-            print(f"{ds} x{factor}: {scores}")
-    doc = {"machine": machine(), "models": models, "results": results,
+        for d in DEGRADATIONS:
+            results[d][ds] = {}
+            for factor in sorted({m["factor"] for m in models.values()}):
+                r = evaluate(Path(args.data) / "sr" / ds, factor, args.store, degradation=d)
+                results[d][ds][f"x{factor}"] = r
+                for name, v in r.items():
+                    if name != "bicubic":
+                        store.update_metrics(name, {metric_key(ds, factor, d): {
+                            k: v[k] for k in ("psnr", "ssim", "sharpness")}})
+                scores = ", ".join(f"{n} {v['psnr']:.2f}/{v['ssim']:.4f}/{v['sharpness']:.2f}"
+                                   for n, v in r.items())
+                print(f"{ds} x{factor}, LR by {DEGRADATIONS[d]}: {scores}")
+    doc = {"machine": machine(), "models": models, "results": results["bicubic"],
+           "results_paper": results["paper"],
            "paper_x4": {ds: {k: list(v) for k, v in t.items()} for ds, t in PAPER_SR_X4.items()}}
     write_json(Path(args.docs) / "sr.json", doc)
     write_page(doc, Path(args.docs))
@@ -157,9 +212,23 @@ Against bicubic at the same factor:
 
 {sr_deltas(doc)}
 
-The paper's feature-loss model gives up PSNR/SSIM against bicubic for sharper edges and texture;
-PSNR and SSIM do not measure that sharpness, so look at the crops in
-[gallery.md](gallery.md#super-resolution-crops-4).
+The paper's feature-loss model gives up PSNR/SSIM against bicubic for sharper edges and texture.
+PSNR and SSIM do not measure that sharpness; the gradient energy of the output's luma over the
+HR image's does (1.00: as much edge and texture as the original; standard inputs, border shaved):
+
+{sharpness_table(doc)}
+
+The crops are in [gallery.md](gallery.md#super-resolution-crops-4).
+
+## Both degradations
+
+How the LR input is made matters as much as the network. The table above makes it as `train
+eval` and every user who shrinks a photo do: PIL's antialiased bicubic. The paper (§4.2) blurs
+with a Gaussian of σ = 1 and downsamples bicubically without antialiasing
+(`python -m train superres --degradation paper`, `python -m train eval --degradation paper`).
+Each method on both, beside the degradation it was trained on:
+
+{degradation_table(doc)}
 
 ![PSNR and SSIM per method](sr.png)
 """)

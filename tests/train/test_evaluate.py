@@ -13,8 +13,9 @@ from PIL import Image
 from model_store import ModelStore, data_root
 from nets.superres_net import SuperResNet
 from train.__main__ import main
-from train.evaluate import hr_and_lr
-from train.metrics import psnr, rgb_to_y, ssim, y_psnr_ssim
+from train.degrade import degrade
+from train.evaluate import hr_and_lr, metric_key
+from train.metrics import gradient_energy, psnr, rgb_to_y, ssim, y_psnr_ssim, y_sharpness
 
 DATA = data_root()
 
@@ -94,6 +95,35 @@ def test_hr_is_cropped_to_a_multiple_of_the_factor(tmp_path):
     assert lr.getpixel((1, 1)) == (200, 100, 50)  # a flat image stays flat
 
 
+def test_gradient_energy_by_hand():
+    y = np.array([[0.0, 3.0, 3.0], [4.0, 3.0, 3.0], [4.0, 4.0, 4.0]])
+    # forward differences at (0,0): dx 3, dy 4 -> 5; (0,1): dx 0, dy 0; (1,0): dx -1, dy 0;
+    # (1,1): dx 0, dy 1
+    assert gradient_energy(y) == pytest.approx((5 + 0 + 1 + 1) / 4)
+
+
+def test_sharpness_of_a_blurred_image_is_below_one():
+    rng = np.random.default_rng(4)
+    ref = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    assert y_sharpness(ref, ref, border=2) == pytest.approx(1.0)
+    soft = np.asarray(Image.fromarray(ref).resize((6, 6), Image.Resampling.BICUBIC)
+                      .resize((24, 24), Image.Resampling.BICUBIC))
+    assert y_sharpness(soft, ref, border=2) < 0.5
+
+
+def test_paper_degradation_feeds_the_paper_inputs_rounded_to_8_bits(tmp_path):
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (10, 9, 3), dtype=np.uint8)).resize(
+        (34, 29), Image.Resampling.BICUBIC).save(tmp_path / "a.png")
+    hr, lr = hr_and_lr(tmp_path / "a.png", 4, "paper")
+    assert hr.size == (32, 28) and lr.size == (8, 7)
+    x = torch.from_numpy(np.asarray(hr).copy()).permute(2, 0, 1)[None].float() / 255
+    want = (degrade(x, 4, kind="paper")[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(lr), want)
+    assert metric_key("Set5", 4, "paper") == "Set5_x4_paper"
+    assert metric_key("Set5", 4) == "Set5_x4"
+
+
 @pytest.mark.skipif(not (DATA / "sr" / "Set5").is_dir(), reason="Set5 not available")
 def test_bicubic_x4_on_set5_matches_table_1(tmp_path, capsys):
     torch.set_num_threads(1)
@@ -136,6 +166,11 @@ def test_models_are_evaluated_and_manifests_updated(tmp_path):
     # baseline on these smooth images (a random non-residual net outputs near-uniform grey).
     assert results["bicubic"]["psnr"] > 35 and results["sr4"]["psnr"] > 35
     metrics = store.manifest("sr4").metrics
-    assert metrics == {"Tiny_x4": {"psnr": results["sr4"]["psnr"],
-                                   "ssim": results["sr4"]["ssim"]}}
+    assert metrics == {"Tiny_x4": {k: results["sr4"][k] for k in ("psnr", "ssim", "sharpness")}}
     assert store.manifest("sr8").metrics == {}
+    assert main(["eval", "--hr-dir", str(hr_dir), "--factor", "4", "--store", str(store.root),
+                 "--json", str(out), "--update-manifests", "--degradation", "paper"]) == 0
+    paper = json.loads(out.read_text())
+    assert paper["sr4"]["psnr"] != results["sr4"]["psnr"]     # other inputs, other scores
+    assert store.manifest("sr4").metrics["Tiny_x4_paper"]["psnr"] == paper["sr4"]["psnr"]
+    assert store.manifest("sr4").metrics["Tiny_x4"] == metrics["Tiny_x4"]
