@@ -15,6 +15,7 @@ import torch
 
 from model_store import ModelStore
 from report.common import fmt_quality, machine, markdown_table, pyplot, write_json, write_text
+from train.degrade import Degradation
 
 # The paper's x4 super-resolution means (PSNR dB, SSIM), as printed in its Fig. 8 (ECCV 2016
 # camera-ready).
@@ -25,7 +26,8 @@ PAPER_SR_X4: dict[str, dict[str, tuple[float, float]]] = {
               "feat": (24.99, 0.6731)},
 }
 LOSS_LABELS = {"pixel": "pixel loss", "feat": "feature loss"}
-DEGRADATIONS = {"bicubic": "PIL bicubic", "paper": "paper's blur + bicubic"}
+DEGRADATIONS: dict[Degradation, str] = {"bicubic": "PIL bicubic",
+                                        "paper": "paper's blur + bicubic"}
 
 
 def sr_models(store: ModelStore) -> dict[str, dict[str, Any]]:
@@ -87,7 +89,7 @@ def sr_deltas(doc: dict[str, Any]) -> str:
 
 def trained_on(doc: dict[str, Any]) -> str:
     """One sentence: which models were trained on which degradation."""
-    by: dict[str, list[str]] = {}
+    by: dict[Degradation, list[str]] = {}
     for name, m in sorted(doc["models"].items()):
         by.setdefault(m["degradation"], []).append(f"`{name}`")
     return "trained on " + "; ".join(f"{DEGRADATIONS[d]}: {', '.join(names)}"
