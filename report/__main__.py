@@ -1,5 +1,6 @@
-"""python -m report {sr,style,speed,gallery,readme}: measure the shipped models into docs/, then
-copy the tables into README.md's generated blocks; each document lives in its own module."""
+"""python -m report {sr,style,style-weight,speed,gallery,readme}: measure the shipped models
+into docs/, then copy the tables into README.md's generated blocks; each document lives in its
+own module."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import sys
 
 from bench import summary as bench_summary
 from model_store import SHIPPED_ROOT, StoreError, data_root
-from report import gallery, readme, speed, sr, style
+from report import gallery, readme, speed, sr, style, style_weight
 from report.common import DOCS, README
 
 COMMANDS = {
     "sr": (sr, "PSNR/SSIM of bicubic and every SR model on Set5/Set14, beside the paper's"),
     "style": (style, "each style network against Gatys et al. at 50/100/300 iterations"),
+    "style-weight": (style_weight, "the rule of --style-weight auto on every painting"),
     "speed": (speed, "the paper's Table 1 on this machine: optimisation vs forward pass"),
     "gallery": (gallery, "docs/gallery: every style on the content images, SR crops"),
     "readme": (readme, "rewrite README.md's generated blocks from docs/*.json"),
@@ -39,6 +41,11 @@ def add_measurement_arguments(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--threshold", type=float, default=0.5,
                        help="ship only if style loss <= this x the unstyled photo's")
         p.add_argument("--runs", type=int, default=5, help="forward passes timed")
+    if name == "style-weight":
+        p.add_argument("--image-size", type=int, default=256,
+                       help="the photos' short side and the paintings' longer side")
+        p.add_argument("--check-size", type=int, default=128,
+                       help="side of the photo crop Gatys et al. style in the check")
     if name == "speed":
         p.add_argument("--model", default="", help="style model timed (default: first)")
         p.add_argument("--sizes", default="256,512,1024", help="square image sides")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import summary as bench_summary
-from report import gallery, speed, sr, style
+from report import gallery, speed, sr, style, style_weight
 
 BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "gallery")
 
@@ -68,7 +68,8 @@ def readme_blocks(docs: Path, bench_results: Path = bench_summary.RESULTS) -> di
 
 
 PAGES = {"sr.json": sr.write_page, "style.json": style.write_page,
-         "speed.json": speed.write_page, "gallery/index.json": gallery.write_page}
+         "style_weight.json": style_weight.write_page, "speed.json": speed.write_page,
+         "gallery/index.json": gallery.write_page}
 
 
 def run(args: argparse.Namespace) -> int:

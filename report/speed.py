@@ -56,13 +56,14 @@ def gpu_reference(path: Path = GPU_BENCH) -> dict[str, Any]:
 
 
 def gatys_timing(vgg: LossNetwork, content: torch.Tensor, style: torch.Tensor,
-                 measured: int, totals: list[int]) -> dict[str, Any]:
+                 measured: int, totals: list[int], style_weight: float) -> dict[str, Any]:
     """Time `measured` L-BFGS iterations; totals beyond them are extrapolated from the median
     time of an iteration after the first (which also pays for the Gram targets and warm-up).
     The median, because other processes on a shared CPU make single iterations slow."""
     from train.gatys import stylize_by_optimisation
 
     _, history = stylize_by_optimisation(content, style, vgg, measured,
+                                         style_weight=style_weight,
                                          report_at=range(1, measured + 1))
     t = {h["iteration"]: h["seconds"] for h in history}
     per_iteration = statistics.median(t[i] - t[i - 1] for i in range(2, measured + 1))
@@ -200,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         service, service_runs = median_seconds(functools.partial(service_model.run, [pixels]),
                                                 args.runs)
         gatys = gatys_timing(vgg, photo, square(data / "styles" / "udnie.jpg"),
-                             measure.get(size, 3), totals)
+                             measure.get(size, 3), totals,
+                             manifest.training["config"]["style_weight"])
         sizes[str(size)] = {"gatys": gatys, "network": {
             "eager_fp32_s": eager, "service_s": service, "eager_runs_s": eager_runs,
             "service_runs_s": service_runs,

@@ -1,5 +1,5 @@
-"""python -m train {style,superres,multistyle,gatys,eval,info}: each subcommand lives in its own
-module. The measurements behind the README are `python -m report`."""
+"""python -m train {style,superres,multistyle,gatys,style-weight,eval,info}: each subcommand
+lives in its own module. The measurements behind the README are `python -m report`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ TASKS = {
 # Tools: a module with add_parser_arguments(parser) and main(args).
 TOOLS = {
     "gatys": ("train.gatys", "stylise by optimisation (Gatys et al.), the paper's baseline"),
+    "style-weight": ("train.style_weight", "λ_s by the rule of --style-weight auto"),
     "eval": ("train.evaluate", "PSNR/SSIM of bicubic and the shipped SR models on HR images"),
     "info": ("train.info", "parameter counts and GFLOPs of each architecture"),
 }

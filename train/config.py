@@ -19,6 +19,12 @@ from train.degrade import Degradation
 Amp = Literal["auto", "bf16", "fp16", "none"]
 SaveDtype = Literal["float16", "float32"]
 SuperResLoss = Literal["feat", "pixel"]
+Weight = float | Literal["auto"]    # a loss weight, or chosen by a measured rule
+
+
+def weight(text: str) -> Weight:
+    """A `Weight` flag's value: `auto` or a float (argparse names the flag on a ValueError)."""
+    return "auto" if text == "auto" else float(text)
 
 
 def opt(default, help: str, aliases: tuple[str, ...] = ()):  # noqa: A002 - reads like argparse
@@ -53,10 +59,14 @@ class TrainConfig:
 @dataclass(frozen=True)
 class StyleConfig(TrainConfig):
     style_image: str = opt(str(data_root() / "styles" / "udnie.jpg"), "the style painting y_s")
-    image_size: int = opt(256, "side of the square training crops (the paper: 256)")
+    image_size: int = opt(256, "short side the photos are scaled to, and the side of the square "
+                               "training crops unless --crop-size (the paper: 256)")
+    crop_size: int = opt(0, "side of the training crops cut from the scaled photos (0 = "
+                            "image_size): 128 keeps the scale of 256 at a quarter of the cost")
     style_size: int = opt(0, "longer side the style image is resized to (0 = image_size)")
     content_weight: float = opt(1.0, "lambda_c of the relu2_2 feature reconstruction loss")
-    style_weight: float = opt(5.0, "lambda_s of the style reconstruction loss")
+    style_weight: Weight = opt("auto", "lambda_s of the style reconstruction loss; auto: "
+                                       "chosen by the rule of train/style_weight.py")
     content_layer: str = opt("relu2_2", "feature reconstruction layer (the paper: relu2_2)")
     style_layers: str = opt("relu1_2,relu2_2,relu3_3,relu4_3", "style reconstruction layers")
 
@@ -98,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> No
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(*flags, dest=f.name, action="store_true", help=f.metadata["help"])
+        elif kind == Weight:
+            parser.add_argument(*flags, dest=f.name, type=weight, default=f.default,
+                                help=f.metadata["help"])
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(*flags, dest=f.name, choices=typing.get_args(kind),
                                 default=f.default, help=f.metadata["help"])

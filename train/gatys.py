@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from train.config import StyleConfig
+from model_store import data_root
+from train.config import StyleConfig, weight
 from train.data import load_rgb
 from train.losses import feature_loss, gram, style_loss, tv_loss
 from train.vgg import LossNetwork
@@ -36,7 +37,6 @@ from train.vgg_weights import resolve
 
 _DEFAULTS = StyleConfig()
 CONTENT_WEIGHT: float = _DEFAULTS.content_weight
-STYLE_WEIGHT: float = _DEFAULTS.style_weight
 TV_WEIGHT: float = _DEFAULTS.tv_weight
 CONTENT_LAYER: str = _DEFAULTS.content_layer
 STYLE_LAYERS: tuple[str, ...] = tuple(_DEFAULTS.style_layers.split(","))
@@ -68,10 +68,10 @@ def stylize_by_optimisation(
     vgg: LossNetwork,
     iterations: int = 500,
     *,
+    style_weight: float,
     optimizer: str = "lbfgs",
     init: str = "noise",
     content_weight: float = CONTENT_WEIGHT,
-    style_weight: float = STYLE_WEIGHT,
     tv_weight: float = TV_WEIGHT,
     content_layer: str = CONTENT_LAYER,
     style_layers: Sequence[str] = STYLE_LAYERS,
@@ -197,7 +197,9 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=256,
                         help="longer side of content and style images (0 = content as is)")
     parser.add_argument("--content-weight", type=float, default=CONTENT_WEIGHT, help="lambda_c")
-    parser.add_argument("--style-weight", type=float, default=STYLE_WEIGHT, help="lambda_s")
+    parser.add_argument("--style-weight", type=weight, default=_DEFAULTS.style_weight,
+                        help="lambda_s; auto: chosen by the rule of train/style_weight.py on "
+                             "the training photos of the data folder")
     parser.add_argument("--tv-weight", type=float, default=TV_WEIGHT, help="lambda_TV")
     parser.add_argument("--report-at", default="50,100,300,500",
                         help="comma-separated iterations at which losses and time are reported")
@@ -216,11 +218,18 @@ def main(args: argparse.Namespace) -> int:
     vgg = LossNetwork(kind, state).to(device)
     content = load_image(args.content, args.image_size).to(device)
     style = load_image(args.style, args.image_size or max(content.shape[-2:])).to(device)
+    style_weight = args.style_weight
+    if style_weight == "auto":
+        from train.style_weight import auto_style_weight, calibration_photos
+
+        photos = calibration_photos(data_root() / "photos", 256).to(device)
+        style_weight = auto_style_weight(vgg, load_image(args.style, 256).to(device), photos)
+        print(f"--style-weight auto: {style_weight:.3g}")
     report_at = sorted({int(i) for i in args.report_at.split(",") if i.strip()})
     report_at = [i for i in report_at if i <= args.iterations] or [args.iterations]
     image, history = stylize_by_optimisation(
         content, style, vgg, args.iterations, optimizer=args.optimizer, init=args.init,
-        content_weight=args.content_weight, style_weight=args.style_weight,
+        content_weight=args.content_weight, style_weight=style_weight,
         tv_weight=args.tv_weight, lr=args.lr or None, report_at=report_at, seed=args.seed)
     print(f"{'iteration':>9}{'evals':>7}{'content':>12}{'style':>12}{'total':>12}{'seconds':>9}")
     for h in history:

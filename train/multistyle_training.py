@@ -7,6 +7,7 @@ the per-style networks already trained (much cheaper: no loss network).
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,12 @@ from nets.multistyle_net import MultiStyleNet
 from train import data, loop
 from train.config import MultiStyleConfig, StyleConfig
 from train.losses import pixel_loss
-from train.style_training import StyleObjective, load_loss_network, load_style_image
+from train.style_training import (
+    StyleObjective,
+    load_loss_network,
+    load_style_image,
+    resolve_style_weight,
+)
 
 
 class MultiStyleObjective(nn.Module):
@@ -53,8 +59,24 @@ CONFIG = MultiStyleConfig   # its fields are the flags of `python -m train` (tra
 
 
 def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
-    """Train, store (on the main process) and return the network with its training result."""
+    """Train, store (on the main process) and return the network with its training result.
+    Each `auto` weight is resolved first, so the manifest records the weights trained with."""
+    if not cfg.teachers:
+        styles = cfg.styles.split(",")
+        given = (cfg.style_weights.split(",") if cfg.style_weights
+                 else [str(cfg.style_weight)] * len(styles))
+        if len(given) != len(styles):
+            raise ValueError(f"{len(given)} style weights for {len(styles)} styles")
+        resolved = [str(resolve_style_weight(cfg, str(Path(cfg.style_dir) / f"{style}.jpg")))
+                    if w == "auto" else w for style, w in zip(styles, given, strict=True)]
+        cfg = dataclasses.replace(cfg, style_weights=",".join(resolved))
     return loop.train(cfg, partial(build, cfg))
+
+
+def style_weights(cfg: MultiStyleConfig) -> list[float]:
+    """λ_s of each style, from --style-weights (resolved by run) or --style-weight."""
+    given = cfg.style_weights.split(",") if cfg.style_weights else [str(cfg.style_weight)]
+    return [float(w) for w in given] * (1 if cfg.style_weights else len(cfg.styles.split(",")))
 
 
 def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
@@ -78,13 +100,9 @@ def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
             f"{s}:{teachers.manifest(s).sha256[:12]}" for s in styles) + ")"
     else:
         net = MultiStyleNet(**options)
-        weights = ([float(w) for w in cfg.style_weights.split(",")] if cfg.style_weights
-                   else [cfg.style_weight] * len(styles))
-        if len(weights) != len(styles):
-            raise ValueError(f"{len(weights)} style weights for {len(styles)} styles")
         vgg = load_loss_network(cfg).to(device)
         per_style = []
-        for style, weight in zip(styles, weights, strict=True):
+        for style, weight in zip(styles, style_weights(cfg), strict=True):
             painting = load_style_image(str(Path(cfg.style_dir) / f"{style}.jpg"),
                                         cfg.style_size or cfg.image_size).to(device)
             one = StyleConfig(**{**_style_fields(cfg), "style_weight": weight})
@@ -94,13 +112,12 @@ def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
     images = data.load_folder(cfg.data, short_side=cfg.image_size)
     return loop.Parts(
         name=cfg.name or "multistyle", net=net, objective=objective,
-        sample=lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+        sample=lambda g: data.random_crops(images, cfg.batch_size,
+                                           cfg.crop_size or cfg.image_size, g),
         data_images=len(images), task="style", architecture="multistyle", options=options,
         loss_network=loss_network)
 
 
 def _style_fields(cfg: MultiStyleConfig) -> dict:
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(StyleConfig)}
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k in names}

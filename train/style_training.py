@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.device import resolve_device
 from nets.style_net import StyleNet
 from train import data, loop
 from train.config import StyleConfig
@@ -38,8 +40,11 @@ class StyleObjective(nn.Module):
 
     def __init__(self, vgg: LossNetwork, style: torch.Tensor, cfg: StyleConfig) -> None:
         super().__init__()
+        if cfg.style_weight == "auto":
+            raise ValueError("resolve --style-weight auto before building the objective")
         self.vgg = vgg
         self.cfg = cfg
+        self.style_weight = cfg.style_weight
         self.style_layers = cfg.style_layers.split(",")
         with torch.no_grad():
             taps = vgg(style)
@@ -53,7 +58,7 @@ class StyleObjective(nn.Module):
         cfg = self.cfg
         content = feature_loss(getattr(fy, cfg.content_layer), getattr(fx, cfg.content_layer))
         style = style_loss([getattr(fy, name) for name in self.style_layers], self.targets)
-        return {"content": cfg.content_weight * content, "style": cfg.style_weight * style,
+        return {"content": cfg.content_weight * content, "style": self.style_weight * style,
                 "tv": cfg.tv_weight * tv_loss(y)}
 
 
@@ -61,8 +66,26 @@ CONFIG = StyleConfig   # its fields are the flags of `python -m train` (train/__
 
 
 def run(cfg: StyleConfig) -> tuple[nn.Module, loop.Result]:
-    """Train, store (on the main process) and return the network with its training result."""
+    """Train, store (on the main process) and return the network with its training result.
+    `--style-weight auto` is resolved first, so the manifest records the weight trained with
+    (and the command, `auto`)."""
+    if cfg.style_weight == "auto":
+        weight = resolve_style_weight(cfg, cfg.style_image)
+        cfg = dataclasses.replace(cfg, style_weight=weight)
     return loop.train(cfg, partial(build, cfg))
+
+
+def resolve_style_weight(cfg: StyleConfig, painting: str) -> float:
+    """λ_s of `painting` by the rule of train/style_weight.py, on the training photos."""
+    from train.style_weight import auto_style_weight, calibration_photos
+
+    device = resolve_device(cfg.device)
+    vgg = load_loss_network(cfg).to(device)
+    style = load_style_image(painting, cfg.style_size or cfg.image_size).to(device)
+    photos = calibration_photos(cfg.data, cfg.image_size).to(device)
+    weight = auto_style_weight(vgg, style, photos)
+    print(f"--style-weight auto for {Path(painting).name}: {weight:.3g}")
+    return weight
 
 
 def build(cfg: StyleConfig, device: torch.device) -> loop.Parts:
@@ -75,6 +98,7 @@ def build(cfg: StyleConfig, device: torch.device) -> loop.Parts:
     images = data.load_folder(cfg.data, short_side=cfg.image_size)
     return loop.Parts(
         name=cfg.name or Path(cfg.style_image).stem, net=net, objective=objective,
-        sample=lambda g: data.random_crops(images, cfg.batch_size, cfg.image_size, g),
+        sample=lambda g: data.random_crops(images, cfg.batch_size,
+                                           cfg.crop_size or cfg.image_size, g),
         data_images=len(images), task="style", architecture="style", options=options,
         loss_network=f"{vgg.kind}-imagenet")

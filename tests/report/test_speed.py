@@ -10,12 +10,12 @@ from train import gatys
 def test_gatys_timing_extrapolates_from_the_median_iteration(monkeypatch):
     seconds = [2.0, 3.0, 7.0, 8.0]  # iteration 3 was slowed down by another process
 
-    def fake(content, style, vgg, iterations, report_at):
-        assert list(report_at) == [1, 2, 3, 4]
+    def fake(content, style, vgg, iterations, style_weight, report_at):
+        assert list(report_at) == [1, 2, 3, 4] and style_weight == 1e-5
         return None, [{"iteration": i + 1, "seconds": s} for i, s in enumerate(seconds)]
 
     monkeypatch.setattr(gatys, "stylize_by_optimisation", fake)
-    t = speed.gatys_timing(None, None, None, 4, [3, 10])
+    t = speed.gatys_timing(None, None, None, 4, [3, 10], 1e-5)
     assert t["per_iteration_s"] == 1.0  # median of 1, 4, 1
     assert t["totals"]["3"] == {"seconds": 7.0, "measured": True}
     assert t["totals"]["10"] == {"seconds": 2.0 + 9 * 1.0, "measured": False}
