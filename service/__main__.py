@@ -1,5 +1,6 @@
-"""`python -m service [--host H] [--port P] [--workers N]`: serve with uvicorn; SIGTERM drains,
-then exits 0. With several workers this process supervises them (service/workers.py)."""
+"""`python -m service [--host H] [--port P] [--workers N] [--remeasure]`: serve with uvicorn;
+SIGTERM drains, then exits 0. With several workers this process supervises them
+(service/workers.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="port (default: SERVICE_PORT or 8000)")
     parser.add_argument("--workers", type=int, help="HTTP worker processes (default: "
                                                     "SERVICE_WORKERS or 1)")
+    parser.add_argument("--remeasure", action="store_true", default=None,
+                        help="measure every model's policy even when the stored one matches")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = get_settings(**overrides)

@@ -23,6 +23,7 @@ from service.batcher import Batcher
 from service.cache import Cache, make_cache
 from service.inference import Inference
 from service.metrics import BatchMetrics, Metrics
+from service.policy_store import PolicyStore
 from service.ratelimit import Limiter, make_limiter
 from service.registry import Payload, Registry, is_device_error, is_oom, model_of
 from service.settings import Settings
@@ -176,7 +177,9 @@ def make_registry(settings: Settings) -> Registry:
                     policy_budget_s=settings.policy_budget_s,
                     max_batch_size=settings.max_batch_size,
                     max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
-                    max_activation_bytes=settings.max_activation_bytes)
+                    max_activation_bytes=settings.max_activation_bytes,
+                    policy_store=PolicyStore(settings.policy_file or None),
+                    remeasure=settings.remeasure)
 
 
 def build_services(settings: Settings) -> Services:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -84,19 +84,36 @@ class ModelPolicy:
     def paths(self) -> set[str]:
         return {s.path for s in self.sizes} | {self.default.path}
 
-    def as_dict(self) -> dict[str, object]:
-        """JSON-ready (string keys, rounded) for /v1/models and `bench`."""
+    def as_dict(self, rounded: bool = True) -> dict[str, Any]:
+        """JSON-ready (string keys; rounded for /v1/models and `bench`, exact for storing)."""
+        r = (lambda x: round(x, 3)) if rounded else (lambda x: x)
         d = asdict(self)
         for s in [*d["sizes"], d["default"]]:
-            s["per_image_ms"] = {str(b): round(ms, 3) for b, ms in s["per_image_ms"].items()}
-            s["path_ms"] = {p: round(ms, 3) for p, ms in s["path_ms"].items()}
-            s["timings"] = {p: {str(b): round(ms, 3) for b, ms in t.items()}
+            s["per_image_ms"] = {str(b): r(ms) for b, ms in s["per_image_ms"].items()}
+            s["path_ms"] = {p: r(ms) for p, ms in s["path_ms"].items()}
+            s["timings"] = {p: {str(b): r(ms) for b, ms in t.items()}
                             for p, t in s["timings"].items()}
-        d["lanes_images_per_s"] = {str(n): round(v, 3)
-                                   for n, v in d["lanes_images_per_s"].items()}
-        d["errors"] = {p: round(v, 3) for p, v in d["errors"].items()}
-        d["warmup_s"] = round(d["warmup_s"], 3)
+        d["lanes_images_per_s"] = {str(n): r(v) for n, v in d["lanes_images_per_s"].items()}
+        d["errors"] = {p: r(v) for p, v in d["errors"].items()}
+        d["warmup_s"] = r(d["warmup_s"])
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelPolicy:
+        """The inverse of `as_dict(rounded=False)`."""
+        def size(s: dict[str, Any]) -> SizeChoice:
+            return SizeChoice(
+                int(s["side"]), str(s["path"]), int(s["max_batch"]),
+                {int(b): float(ms) for b, ms in s["per_image_ms"].items()},
+                {str(p): float(ms) for p, ms in s["path_ms"].items()},
+                {str(p): {int(b): float(ms) for b, ms in t.items()}
+                 for p, t in s["timings"].items()})
+
+        return cls(str(d["source"]), [size(s) for s in d["sizes"]], size(d["default"]),
+                   {str(p): float(v) for p, v in d["errors"].items()},
+                   [str(p) for p in d["rejected"]],
+                   {int(n): float(v) for n, v in d["lanes_images_per_s"].items()},
+                   float(d["warmup_s"]))
 
 
 def fixed_policy(path: str, max_batch: int) -> ModelPolicy:

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +34,22 @@ from torch import nn
 
 from model_store import Manifest, ModelStore
 from nets.device import resolve_device
-from service import execution
+from service import execution, policy_store
 from service import policy as policies
 from service.activations import INDEX_LIMIT, ActivationSizes, batch_limit
 from service.policy import ModelPolicy
+from service.policy_store import PolicyStore
 from service.staging import Staging
 
 log = logging.getLogger("service.registry")
 
 MIN_SIDE_PX = 16  # smaller inputs are edge-padded: reflect padding needs a few pixels per side
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def architecture(manifest: Manifest) -> str:
+    """Models of one architecture and options cost the same: the first one is measured."""
+    return json.dumps([manifest.architecture, manifest.options], sort_keys=True)
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -211,7 +217,8 @@ class Registry:
                  dtype: str = "auto", *, policy: str = "fixed",
                  policy_sizes: Sequence[int] = (256, 512), policy_budget_s: float = 8.0,
                  max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512,
-                 lanes: int = 0, max_activation_bytes: int | None = None) -> None:
+                 lanes: int = 0, max_activation_bytes: int | None = None,
+                 policy_store: PolicyStore | None = None, remeasure: bool = False) -> None:
         self.store = ModelStore(store_root)
         self.wanted = list(names)
         self.device = resolve_device(device)
@@ -231,6 +238,8 @@ class Registry:
         self._models: dict[str, LoadedModel] = {}
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
         self._lane_rates: list[dict[int, float]] = []
+        self.policy_store = policy_store or PolicyStore(None)
+        self.remeasure = remeasure
 
     @property
     def base_path(self) -> str:
@@ -240,6 +249,8 @@ class Registry:
         """Load, convert, measure and warm up every model (blocking; call from a thread)."""
         names = self.wanted or self.store.names()
         self.threads = torch.get_num_threads()
+        environment = policy_store.environment(self.device, self.threads)
+        measured_any = False
         for name in names:
             started = time.monotonic()
             module, manifest = self.store.load(name)
@@ -253,7 +264,12 @@ class Registry:
                                 staging=self.staging)
             model.activations = ActivationSizes(module, len(model.styles))
             if self.policy == "measure" and self.policy_sizes:
-                self._measure(model, weights)
+                key = self._policy_key(environment, manifest)
+                stored = None if self.remeasure else self.policy_store.get(name, key)
+                if stored is None or not self._reuse(model, weights, stored):
+                    self._measure(model, weights)
+                    self.policy_store.put(name, key, model.policy)
+                    measured_any = True
             model.smoke()   # warm-up: kernels, allocator
             self._models[name] = model
             log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
@@ -264,14 +280,46 @@ class Registry:
         if self._lane_rates:
             self.lanes = policies.choose_lanes(self._lane_rates)
             log.info("lanes: %d (images/s by lanes: %s)", self.lanes, self._lane_rates)
+        if measured_any:
+            self.policy_store.save()
         return self.models()
+
+    def _policy_key(self, environment: dict, manifest: Manifest) -> str:
+        """Everything `_measure` depends on for this model: the stored policy is reused only
+        when it is all unchanged."""
+        return PolicyStore.key(environment, manifest.sha256, {
+            "dtype": self.dtype_setting, "sizes": self.policy_sizes,
+            "max_batch": self.max_batch_size, "max_pixels": self.max_batch_pixels,
+            "budget_s": self.policy_budget_s, "measure_lanes": self._measure_lanes,
+            "base": self.base_path})
+
+    def _reuse(self, model: LoadedModel, weights: nn.Module, stored: ModelPolicy) -> bool:
+        """Build the paths a stored policy chose, without timing them; False if one of them
+        cannot be built here any more (then the model is measured)."""
+        started = time.monotonic()
+        paths = execution.candidates(
+            copy.deepcopy(weights).to(self.device), self.device, self.dtype_setting,
+            self.dtype, only=stored.paths(), max_batch=self.max_batch_size)
+        wanted = stored.paths() - {self.base_path}
+        if not wanted <= set(paths):
+            log.warning("stored policy of %s: paths %s unavailable; measuring", model.name,
+                        sorted(wanted - set(paths)))
+            return False
+        model.policy = replace(
+            stored, source=stored.source if stored.source.startswith("stored")
+            else f"stored ({stored.source})", warmup_s=time.monotonic() - started)
+        model.runners = {p: paths[p] for p in wanted}
+        if self.device.type == "cpu" and stored.lanes_images_per_s and self._measure_lanes:
+            self._lane_rates.append(stored.lanes_images_per_s)
+        self._measured.setdefault(architecture(model.manifest), model)
+        return True
 
     def _measure(self, model: LoadedModel, weights: nn.Module) -> None:
         """Choose `model`'s paths and batch sizes; the first model of an architecture is timed,
         the others only checked for accuracy (the weights do not change the cost). `weights`:
         the network in float32 on the CPU, as stored."""
         started = time.monotonic()
-        arch = json.dumps([model.manifest.architecture, model.manifest.options], sort_keys=True)
+        arch = architecture(model.manifest)
         first = self._measured.get(arch)
         sides = sorted({max(MIN_SIDE_PX, s // model.factor) for s in self.policy_sizes})
         styles = len(model.styles)

@@ -22,6 +22,12 @@ def _default_style_images() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _default_policy_file() -> str:
+    """Under the user's cache folder, so that `make serve` starts fast the second time."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "perceptual-service" / "policy.json")
+
+
 class Settings(BaseSettings):
     """Service configuration; env var = SERVICE_ + field name in upper case."""
 
@@ -65,6 +71,14 @@ class Settings(BaseSettings):
         description="output sides measured at warm-up (comma-separated)")
     policy_budget_s: float = Field(
         8.0, gt=0, description="warm-up measurement seconds per architecture (soft)")
+    policy_file: str = Field(
+        default_factory=_default_policy_file,
+        description="where the measured policies are kept across starts (service/"
+                    "policy_store.py): a model whose device, cores, libraries, weights and "
+                    "policy settings are unchanged is not measured again; empty = measure at "
+                    "every start")
+    remeasure: bool = Field(False, description="measure every model even when its stored "
+                                               "policy matches (`--remeasure`)")
     lanes: int = Field(
         0, ge=0, le=64,
         description="batches run at once, each on its own worker thread. CPU: the threads are "

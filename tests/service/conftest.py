@@ -25,6 +25,8 @@ torch.set_num_threads(1)
 # No warm-up timing of the batch policy (service/policy.py) unless a test asks for it: fast,
 # deterministic batches. Settings read the environment, so this covers Settings(...) too.
 os.environ.setdefault("SERVICE_BATCH_POLICY", "fixed")
+# Measured policies are not kept across tests (service/policy_store.py) unless a test asks.
+os.environ.setdefault("SERVICE_POLICY_FILE", "")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""The measured policies, kept across starts.
+
+Measuring how each model runs (service.policy) took 77 s of a 78 s start on a 2-core CPU, and a
+restart or a new pod of the same image on the same kind of node measures the same thing again.
+So the registry writes every model's policy to one JSON file, and a later start reuses a
+model's entry when everything the measurement depends on is unchanged: the device model, the
+cores, the library versions, the model's weights (its digest) and the settings that bound the
+search. Anything else differing, that model is measured again; `--remeasure` measures all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from service.policy import ModelPolicy
+
+log = logging.getLogger("service.policy_store")
+
+FORMAT = 1
+LIBRARIES = ("torch", "onnxruntime", "openvino", "numpy")
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model from /proc/cpuinfo (the machine type elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def environment(device: torch.device, threads: int) -> dict[str, Any]:
+    """What every model's measurement on this process depends on, besides its own weights."""
+    return {"device": device_name(device), "threads": threads, "cores": os.cpu_count(),
+            "versions": library_versions()}
+
+
+class PolicyStore:
+    """One JSON file: {"format", "models": {name: {"key": {...}, "policy": {...}}}}."""
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = Path(path) if path else None
+        self._models: dict[str, dict[str, Any]] = {}
+        if self.path is None or not self.path.is_file():
+            return
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("format") == FORMAT:
+                self._models = dict(doc["models"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring the stored policies in %s: %s", self.path, e)
+
+    @staticmethod
+    def key(environment: dict[str, Any], digest: str, settings: dict[str, Any]) -> str:
+        """One string for everything a model's measurement depends on."""
+        text = json.dumps({"environment": environment, "digest": digest, "settings": settings},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, name: str, key: str) -> ModelPolicy | None:
+        """The stored policy of `name`, if it was measured under this very key."""
+        entry = self._models.get(name)
+        if entry is None or entry.get("key") != key:
+            return None
+        try:
+            return ModelPolicy.from_dict(entry["policy"])
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("ignoring the stored policy of %s: %s", name, e)
+            return None
+
+    def put(self, name: str, key: str, policy: ModelPolicy) -> None:
+        self._models[name] = {"key": key, "policy": policy.as_dict(rounded=False)}
+
+    def save(self) -> None:
+        """Write atomically (several worker processes may write the same file)."""
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".policy-")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"format": FORMAT, "models": self._models}, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as e:   # a read-only volume: start as fast as the measurement allows
+            log.warning("could not store the policies in %s: %s", self.path, e)
