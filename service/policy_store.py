@@ -6,6 +6,8 @@ So the registry writes every model's policy to one JSON file, and a later start 
 model's entry when everything the measurement depends on is unchanged: the device model, the
 cores, the library versions, the model's weights (its digest) and the settings that bound the
 search. Anything else differing, that model is measured again; `--remeasure` measures all.
+Entries are kept per key, a few per model, so that pods on different kinds of node sharing one
+file (a volume, k8s/) do not overwrite each other's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from service.policy import ModelPolicy
 
 log = logging.getLogger("service.policy_store")
 
-FORMAT = 1
+FORMAT = 2
+KEYS_PER_MODEL = 8     # the most recently stored kept
 LIBRARIES = ("torch", "onnxruntime", "openvino", "numpy")
 
 
@@ -60,11 +63,11 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
 
 
 class PolicyStore:
-    """One JSON file: {"format", "models": {name: {"key": {...}, "policy": {...}}}}."""
+    """One JSON file: {"format", "models": {name: {key: policy, ...}}}, oldest key first."""
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = Path(path) if path else None
-        self._models: dict[str, dict[str, Any]] = {}
+        self._models: dict[str, dict[str, dict[str, Any]]] = {}
         if self.path is None or not self.path.is_file():
             return
         try:
@@ -83,17 +86,21 @@ class PolicyStore:
 
     def get(self, name: str, key: str) -> ModelPolicy | None:
         """The stored policy of `name`, if it was measured under this very key."""
-        entry = self._models.get(name)
-        if entry is None or entry.get("key") != key:
+        entry = self._models.get(name, {}).get(key)
+        if entry is None:
             return None
         try:
-            return ModelPolicy.from_dict(entry["policy"])
+            return ModelPolicy.from_dict(entry)
         except (KeyError, TypeError, ValueError) as e:
             log.warning("ignoring the stored policy of %s: %s", name, e)
             return None
 
     def put(self, name: str, key: str, policy: ModelPolicy) -> None:
-        self._models[name] = {"key": key, "policy": policy.as_dict(rounded=False)}
+        entries = self._models.setdefault(name, {})
+        entries.pop(key, None)
+        entries[key] = policy.as_dict(rounded=False)
+        for old in list(entries)[:-KEYS_PER_MODEL]:
+            del entries[old]
 
     def save(self) -> None:
         """Write atomically (several worker processes may write the same file)."""

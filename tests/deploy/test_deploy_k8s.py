@@ -221,6 +221,20 @@ def test_pod_security(rendered, overlay):
     assert "emptyDir" in volumes[mounts["/tmp"]]
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_policies_live_on_a_claimed_volume(rendered, overlay):
+    objects = rendered[overlay]
+    deployment = inference_deployment(objects)
+    (settings,) = [o for o in objects if o["kind"] == "ConfigMap"
+                   and o["metadata"]["name"].startswith("perceptual-service-settings")]
+    folder = settings["data"]["SERVICE_POLICY_FILE"].rsplit("/", 1)[0]
+    mounts = {m["mountPath"]: m["name"] for m in service_container(deployment)["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[folder]]["persistentVolumeClaim"]["claimName"]
+    assert [o for o in objects if o["kind"] == "PersistentVolumeClaim"
+            and o["metadata"]["name"] == claim]
+
+
 def test_pod_runs_as_the_image_user(rendered):
     user = [args for op, args in final_stage() if op == "USER"][-1]
     uid, _, gid = user.partition(":")

@@ -11,6 +11,7 @@ import torch
 
 from nets.style_net import StyleNet
 from service import policy as policies
+from service import policy_store
 from service.policy import ModelPolicy, SizeChoice
 from service.policy_store import PolicyStore, environment
 from service.registry import Registry
@@ -42,6 +43,17 @@ def test_the_store_gives_back_only_what_was_stored_under_the_same_key(tmp_path):
     PolicyStore(None).save()   # no file: nothing to do
 
 
+def test_each_model_keeps_its_latest_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(policy_store, "KEYS_PER_MODEL", 2)
+    store = PolicyStore(tmp_path / "policy.json")
+    for key in ("node-a", "node-b", "node-a", "node-c"):   # node-a stored again: the latest
+        store.put("udnie", key, a_policy())
+    store.save()
+    again = PolicyStore(tmp_path / "policy.json")
+    assert [k for k in ("node-a", "node-b", "node-c") if again.get("udnie", k)] == [
+        "node-a", "node-c"]
+
+
 def test_keys_differ_with_whatever_the_measurement_depends_on():
     env = environment(torch.device("cpu"), 2)
     base = PolicyStore.key(env, "digest", {"sizes": [256]})
@@ -60,7 +72,7 @@ def test_a_damaged_or_unwritable_file_means_measuring(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, "service.policy_store"):
         assert PolicyStore(bad).get("udnie", "k") is None
     assert "ignoring the stored policies" in caplog.text
-    bad.write_text(json.dumps({"format": 1, "models": {"udnie": {"key": "k", "policy": {}}}}))
+    bad.write_text(json.dumps({"format": 2, "models": {"udnie": {"k": {"sizes": []}}}}))
     assert PolicyStore(bad).get("udnie", "k") is None           # an entry missing its fields
     blocked = tmp_path / "file"
     blocked.write_text("")
