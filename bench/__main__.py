@@ -6,7 +6,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability",
-              "service": "bench.service", "cache": "bench.cache", "styles": "bench.styles"}
+              "service": "bench.service", "cache": "bench.cache", "styles": "bench.styles",
+              "startup": "bench.startup"}
 
 
 def main() -> int:

@@ -125,3 +125,16 @@ def test_service_on_the_stub_device(tmp_path: Path) -> None:
     assert t["photo_jpeg_two_workers_vs_one_at_2"] == pytest.approx(
         result["configs"][1]["runs"]["photo_jpeg"][1]["throughput_per_s"]
         / result["configs"][0]["runs"]["photo_jpeg"][1]["throughput_per_s"])
+
+
+def test_startup(tmp_path: Path) -> None:
+    from bench import startup as bench_startup
+
+    out = tmp_path / "startup.json"
+    assert bench_startup.main(["--rounds", "1", "--models", "udnie", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["cold"]) == len(result["stored"]) == 1
+    assert result["cold_median_s"] > 0 and result["stored_median_s"] > 0
+    assert set(result["machine"]) >= MACHINE
+    assert result["sources"] == {"cold": {"udnie": "measured"},
+                                 "stored": {"udnie": "stored (measured)"}}
