@@ -91,9 +91,12 @@ RUN mkdir /opt/models \
 
 FROM os AS runtime
 # A fixed numeric UID/GID, so that Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+# /var/cache/perceptual-service: the stored policies' folder (SERVICE_POLICY_FILE in k8s and
+# compose), owned by the app user so that a fresh volume mounted there starts writable.
 RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-      --shell /usr/sbin/nologin app
+      --shell /usr/sbin/nologin app \
+ && install -d -o 10001 -g 10001 /var/cache/perceptual-service
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /models
 COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
