@@ -92,6 +92,12 @@ class ImageTooLarge(ServiceError):
     status, code, reason = 413, "image_too_large", "too_large"
 
 
+class TooSlow(ServiceError):
+    """The predicted compute time alone exceeds the request time limit: no wait would help."""
+
+    status, code, reason = 413, "too_slow", "too_slow"
+
+
 class UnsupportedMediaType(ServiceError):
     status, code, reason = 415, "unsupported_media_type", "unsupported_media"
 
@@ -130,6 +136,12 @@ class NotReady(ServiceError):
 
 class ShuttingDown(ServiceError):
     status, code, reason = 503, "shutting_down", "draining"
+
+
+class WouldMissDeadline(ServiceError):
+    """Predicted to finish after its deadline because of the time it has waited: retry later."""
+
+    status, code, reason = 503, "would_miss_deadline", "deadline"
 
 
 class DeadlineExceeded(ServiceError):

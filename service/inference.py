@@ -81,7 +81,8 @@ class Inference:
     def __init__(self, *, batcher: batching.Batcher[tuple[str, int, int], Payload, np.ndarray],
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
                  max_pixels: int, max_output_pixels: int, max_decoded_bytes: int | None = None,
-                 tiling: TileConfig | None = None, threads: int = 0) -> None:
+                 tiling: TileConfig | None = None, threads: int = 0,
+                 time_limit_s: float = math.inf) -> None:
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
@@ -90,6 +91,7 @@ class Inference:
         self.max_output_pixels = max_output_pixels
         self.max_decoded_bytes = max_decoded_bytes   # None: 4 bytes per allowed pixel
         self.tiling = tiling    # None: never tile
+        self.time_limit_s = time_limit_s   # a request predicted to compute longer: 413
         # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model,
         # on `threads` CPU threads (0: what the thread starts with; see execution.use_threads).
         self._image_norm_pool = ThreadPoolExecutor(
@@ -135,6 +137,8 @@ class Inference:
 
         h, w = prepared.pixels.shape[:2]
         f = model.factor
+        if not (style is not None and style.strength == 0):
+            self._admit_by_time(model, h, w, deadline)
         timings: dict[str, float] = {"decode": decode_s}
         mix = (np.asarray(style.mix, np.float32)
                if style is not None and style.mix is not None else None)
@@ -160,6 +164,28 @@ class Inference:
         self.metrics.encode.observe(timings["encode"])
         await self.cache.set(key, body)
         return body, timings
+
+    def _admit_by_time(self, model: LoadedModel, height: int, width: int,
+                       deadline: float) -> None:
+        """Refuse at once what the measured speed says cannot finish in time: 413 when the
+        compute alone is over the time limit, 503 with Retry-After when the wait so far
+        leaves too little of it."""
+        pixels = (self.tiling.computed_pixels(height, width, model.factor)
+                  if self.tiling is not None else height * width)
+        predicted = model.predicted_s(height, width, pixels)
+        if predicted is None:
+            return
+        if predicted > self.time_limit_s:
+            raise errors.TooSlow(
+                f"a {width}x{height} image takes about {predicted:.0f} s on {model.name} on "
+                f"this server ({model.device.type}), over its {self.time_limit_s:g} s limit; "
+                "send a smaller image")
+        left = deadline - time.monotonic()
+        if predicted > left:
+            raise errors.WouldMissDeadline(
+                f"about {predicted:.1f} s of compute is needed and {max(0.0, left):.1f} s of "
+                "this request's time is left; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(predicted - left)))})
 
     async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
                          deadline: float, timings: dict[str, float]) -> np.ndarray:

@@ -219,6 +219,6 @@ def build_services(settings: Settings) -> Services:
                           max_pixels=settings.max_pixels,
                           max_output_pixels=settings.max_output_pixels,
                           max_decoded_bytes=settings.max_decoded_bytes, tiling=tiling,
-                          threads=registry.threads)
+                          threads=registry.threads, time_limit_s=settings.request_timeout_s)
     return Services(settings, metrics, admission, registry, batcher, cache, limiter, inference,
                     codec_pool, redis)

@@ -125,6 +125,17 @@ class LoadedModel:
         return batch_limit(self.activations.per_image(height, width), self.dtype.itemsize,
                            budget_bytes)
 
+    def predicted_s(self, height: int, width: int, pixels: int | None = None) -> float | None:
+        """Seconds of compute for a (height, width) input, or `pixels` input pixels run in
+        pieces of about that size (tiles), from the policy's measured cost at the nearest
+        size: its cheapest per-image cost there, scaled by pixels. None when nothing was
+        measured (the fixed policy)."""
+        choice = self.policy.choose(height, width)
+        if not choice.side or not choice.per_image_ms:
+            return None
+        ms_per_pixel = min(choice.per_image_ms.values()) / choice.side ** 2
+        return ms_per_pixel * (pixels if pixels is not None else height * width) / 1000
+
     def smoke(self) -> None:
         """One tiny forward pass on the path the policy chose: the warm-up at load, and the
         device's health check later (`Registry.health_check`)."""

@@ -87,6 +87,15 @@ class TileConfig:
             return self.size, self.overlap
         return self.superres_size, self.superres_overlap
 
+    def computed_pixels(self, height: int, width: int, factor: int) -> int:
+        """Input pixels the network runs over for an image: the image, or its tiles with their
+        overlaps."""
+        if not self.applies(height, width, factor):
+            return height * width
+        size, overlap = self.tile_for(factor)
+        th, tw = min(size, height), min(size, width)
+        return (len(starts(height, th, overlap)) * th) * (len(starts(width, tw, overlap)) * tw)
+
     def tiles_per_batch(self, tile_h: int, tile_w: int) -> int:
         return max(1, min(self.batch_size, self.batch_pixels // (tile_h * tile_w)))
 

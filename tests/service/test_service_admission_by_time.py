@@ -1,0 +1,81 @@
+"""Admission by predicted compute time: what the measured speed says cannot finish within the
+request's time is refused at once, 413 when no wait would help, 503 when the wait so far is
+the cause."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from service import errors
+from service.policy import ModelPolicy, SizeChoice
+from service.tiling import TileConfig
+from tests.helpers import images
+from tests.helpers.server import running
+
+
+def measured(ms_per_image: dict[int, float], side: int = 32) -> ModelPolicy:
+    return ModelPolicy("measured", [SizeChoice(side, "base", 4, ms_per_image)],
+                       SizeChoice(0, "base", 4))
+
+
+def test_the_prediction_scales_the_cheapest_measured_cost_by_pixels(store_root):
+    from service.registry import Registry
+
+    (model,) = Registry(store_root, ["udnie"], "cpu", "float32").load_all()
+    assert model.predicted_s(64, 64) is None                      # fixed policy: no measure
+    model.policy = measured({1: 10.0, 2: 8.0})                    # 8 ms per 32x32 at best
+    assert model.predicted_s(64, 64) == pytest.approx(8 / 1024 * 4096 / 1000)
+    assert model.predicted_s(64, 64, pixels=10_000) == pytest.approx(8 / 1024 * 10_000 / 1000)
+
+
+def test_tiles_count_their_overlaps():
+    tiling = TileConfig(threshold_pixels=1000, size=32, overlap=8, superres_size=16,
+                        superres_overlap=4)
+    assert tiling.computed_pixels(20, 20, 1) == 400               # under the threshold
+    assert tiling.computed_pixels(40, 40, 1) == (2 * 32) * (2 * 32)   # 2 x 2 tiles of 32
+    assert tiling.computed_pixels(40, 24, 4) == (3 * 16) * (2 * 16)   # x4: tiles of 16
+
+
+async def test_work_over_the_time_limit_is_refused_at_once(make_settings):
+    settings = make_settings(models=["udnie"], cache_bytes=0, request_timeout_s=5)
+    async with running(settings) as r:
+        (model,) = r.services.registry.models()
+        body = images.png(64, 64)
+        ok = await r.client.post("/v1/stylize?style=udnie", content=body,
+                                 headers={"content-type": "image/png"})
+        assert ok.status_code == 200                              # nothing measured: admitted
+        model.policy = measured({1: 2000.0})                      # 2 s per 32x32: 8 s here
+        started = time.monotonic()
+        answer = await r.client.post("/v1/stylize?style=udnie", content=body,
+                                     headers={"content-type": "image/png"})
+        assert time.monotonic() - started < 1.0
+        assert answer.status_code == 413
+        error = answer.json()["error"]
+        assert error["code"] == "too_slow"
+        assert "64x64" in error["message"] and "about 8 s" in error["message"]
+        assert "5 s limit" in error["message"]
+        assert await r.metric("service_rejections_total", reason="too_slow") == 1
+        model.policy = measured({1: 1.0})
+        fast = await r.client.post("/v1/stylize?style=udnie", content=body,
+                                   headers={"content-type": "image/png"})
+        assert fast.status_code == 200
+        # strength 0 runs no network: nothing to predict
+        model.policy = measured({1: 2000.0})
+        plain = await r.client.post("/v1/stylize?style=udnie&strength=0", content=body,
+                                    headers={"content-type": "image/png"})
+        assert plain.status_code == 200
+
+
+async def test_work_that_waited_too_long_gets_503_with_retry_after(make_settings):
+    settings = make_settings(models=["udnie"], cache_bytes=0, request_timeout_s=5)
+    async with running(settings) as r:
+        (model,) = r.services.registry.models()
+        model.policy = measured({1: 1000.0})                      # 4 s for 64x64: fits in 5
+        inference = r.services.inference
+        with pytest.raises(errors.WouldMissDeadline) as e:        # admitted 2 s ago
+            inference._admit_by_time(model, 64, 64, deadline=time.monotonic() + 3)
+        assert e.value.status == 503 and e.value.code == "would_miss_deadline"
+        assert e.value.headers["Retry-After"] == "2"
+        inference._admit_by_time(model, 64, 64, deadline=time.monotonic() + 4.5)   # fits
