@@ -5,6 +5,7 @@ with sleeps that assume a speed."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import numpy as np
@@ -80,7 +81,8 @@ async def test_deadline_passing_in_the_queue_gives_504_and_never_runs(make_setti
         assert await r.metric("service_rejections_total", reason="deadline") == 1
 
 
-async def test_a_disconnected_clients_request_never_runs(make_settings) -> None:
+async def test_a_disconnected_clients_request_never_runs(make_settings, caplog) -> None:
+    caplog.set_level(logging.INFO, "service.access")
     async with running(make_settings()) as r:
         gate = hold(r.services, "udnie")
         first = asyncio.create_task(post(r.client, images.png(seed=1)))
@@ -96,6 +98,9 @@ async def test_a_disconnected_clients_request_never_runs(make_settings) -> None:
         assert (await first).status_code == 200
         assert gate.batches == [1]                         # the second never reached the model
         assert await r.metric("service_inflight_requests") == 0
+    (gone_line,) = [rec for rec in caplog.records
+                    if rec.name == "service.access" and rec.status == 499]
+    assert gone_line.path == "/v1/stylize" and gone_line.duration_ms > 0
 
 
 async def test_identical_concurrent_requests_compute_once(make_settings) -> None:
