@@ -60,5 +60,6 @@ def gallery_index() -> dict:
             "styles": [{"name": "udnie", "painting": "gallery/styles/udnie.jpg",
                         "outputs": [{"content": "chicago", "path": "gallery/udnie/chicago.jpg"}]}],
             "sr": [{"image": "Set5/bird", "factor": 4,
-                    "tiles": [{"label": "bicubic", "path": "gallery/sr/b.jpg"},
+                    "tiles": [{"label": "bicubic", "path": "gallery/sr/b.jpg",
+                               "sharpness": 0.5412},
                               {"label": "ground truth", "path": "gallery/sr/hr.jpg"}]}]}

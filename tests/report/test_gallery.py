@@ -20,3 +20,5 @@ def test_gallery_markdown():
             '<img src="docs/gallery/udnie/chicago.jpg" width="50" alt="udnie chicago"> |') in text
     assert "| image | bicubic | ground truth |" in text
     assert "#### Super-resolution crops, ×4" in text
+    assert ('<img src="docs/gallery/sr/b.jpg" width="50" alt="bicubic"><br>sharpness 0.54 | '
+            '<img src="docs/gallery/sr/hr.jpg" width="50" alt="ground truth"> |') in text
