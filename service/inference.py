@@ -28,6 +28,7 @@ import numpy as np
 from service import admission, errors, execution, imaging
 from service import batcher as batching
 from service.cache import Cache, cache_key
+from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
 from service.singleflight import SingleFlight
@@ -82,7 +83,7 @@ class Inference:
                  cache: Cache, metrics: Metrics, codec_pool: ThreadPoolExecutor,
                  max_pixels: int, max_output_pixels: int, max_decoded_bytes: int | None = None,
                  tiling: TileConfig | None = None, threads: int = 0,
-                 time_limit_s: float = math.inf) -> None:
+                 time_limit_s: float = math.inf, memory: MemoryBudget | None = None) -> None:
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
@@ -92,6 +93,7 @@ class Inference:
         self.max_decoded_bytes = max_decoded_bytes   # None: 4 bytes per allowed pixel
         self.tiling = tiling    # None: never tile
         self.time_limit_s = time_limit_s   # a request predicted to compute longer: 413
+        self.memory = memory or MemoryBudget(None)
         # Tiled instance-norm jobs: one thread, one image at a time, a network copy per model,
         # on `threads` CPU threads (0: what the thread starts with; see execution.use_threads).
         self._image_norm_pool = ThreadPoolExecutor(
@@ -136,13 +138,29 @@ class Inference:
         self.metrics.decode.observe(decode_s)
 
         h, w = prepared.pixels.shape[:2]
-        f = model.factor
-        if not (style is not None and style.strength == 0):
+        runs = not (style is not None and style.strength == 0)  # strength 0: no network
+        if runs:
             self._admit_by_time(model, h, w, deadline)
-        timings: dict[str, float] = {"decode": decode_s}
+        async with self.memory.reserve(self.predicted_bytes(model, h, w, runs), deadline,
+                                       f"a {prepared.width}x{prepared.height} image on "
+                                       f"{model.name}"):
+            body, timings = await self._run_and_encode(model, prepared, options, deadline,
+                                                       style if runs else None, runs)
+        await self.cache.set(key, body)
+        timings = {"decode": decode_s, **timings}
+        return body, timings
+
+    async def _run_and_encode(self, model: LoadedModel, prepared: _Prepared,
+                              options: OutputOptions, deadline: float,
+                              style: StyleOptions | None, runs: bool
+                              ) -> tuple[bytes, dict[str, float]]:
+        loop = asyncio.get_running_loop()
+        h, w = prepared.pixels.shape[:2]
+        f = model.factor
+        timings: dict[str, float] = {}
         mix = (np.asarray(style.mix, np.float32)
                if style is not None and style.mix is not None else None)
-        if style is not None and style.strength == 0:
+        if not runs:
             output = prepared.pixels    # nothing of the style: the network need not run
         elif self.tiling is not None and self.tiling.applies(h, w, f):
             if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
@@ -162,8 +180,33 @@ class Inference:
             _finish, pixels, content, prepared.alpha, options, style))
         timings["encode"] = time.monotonic() - started
         self.metrics.encode.observe(timings["encode"])
-        await self.cache.set(key, body)
         return body, timings
+
+    def predicted_bytes(self, model: LoadedModel, height: int, width: int, runs: bool) -> int:
+        """Host memory a request holds from its decode to its encoded answer: the input, the
+        network's float tensors (on the CPU: its largest intermediate too) for the image or
+        for one batch of tiles with the stitcher's band, the output, and the encoder's copy."""
+        f = 1 if not runs else model.factor
+        image, output = height * width * 3, height * width * f * f * 3
+
+        def network(h: int, w: int) -> int:
+            tensors = 4 * 3 * h * w * (1 + f * f)          # float input and output
+            if model.device.type == "cpu" and model.activations is not None:
+                tensors += model.activations.per_image(h, w) * model.dtype.itemsize
+            return tensors
+
+        if not runs:
+            compute = 0
+        elif self.tiling is not None and self.tiling.applies(height, width, f):
+            size, _ = self.tiling.tile_for(f)
+            th, tw = min(size, height), min(size, width)
+            band = 2 * 4 * 3 * th * f * width * f         # a row of tiles, and its copy
+            batch = min(self.tiling.tiles_per_batch(th, tw),
+                        self.batcher.limit((model.name, th, tw)))
+            compute = batch * network(th, tw) + band
+        else:
+            compute = network(height, width)
+        return image + compute + 2 * output
 
     def _admit_by_time(self, model: LoadedModel, height: int, width: int,
                        deadline: float) -> None:

@@ -22,6 +22,7 @@ from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
 from service.inference import Inference
+from service.memory import MemoryBudget
 from service.metrics import BatchMetrics, Metrics
 from service.policy_store import PolicyStore
 from service.ratelimit import Limiter, make_limiter
@@ -178,6 +179,8 @@ def make_registry(settings: Settings) -> Registry:
                     max_batch_size=settings.max_batch_size,
                     max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
                     max_activation_bytes=settings.max_activation_bytes,
+                    host_activation_bytes=(settings.memory_budget_bytes // 2
+                                           if settings.memory_budget_bytes else None),
                     policy_store=PolicyStore(settings.policy_file or None),
                     remeasure=settings.remeasure)
 
@@ -219,6 +222,7 @@ def build_services(settings: Settings) -> Services:
                           max_pixels=settings.max_pixels,
                           max_output_pixels=settings.max_output_pixels,
                           max_decoded_bytes=settings.max_decoded_bytes, tiling=tiling,
-                          threads=registry.threads, time_limit_s=settings.request_timeout_s)
+                          threads=registry.threads, time_limit_s=settings.request_timeout_s,
+                          memory=MemoryBudget(settings.memory_budget_bytes))
     return Services(settings, metrics, admission, registry, batcher, cache, limiter, inference,
                     codec_pool, redis)

@@ -229,6 +229,7 @@ class Registry:
                  policy_sizes: Sequence[int] = (256, 512), policy_budget_s: float = 8.0,
                  max_batch_size: int = 8, max_batch_pixels: int = 4 * 512 * 512,
                  lanes: int = 0, max_activation_bytes: int | None = None,
+                 host_activation_bytes: int | None = None,
                  policy_store: PolicyStore | None = None, remeasure: bool = False) -> None:
         self.store = ModelStore(store_root)
         self.wanted = list(names)
@@ -240,7 +241,9 @@ class Registry:
         self.policy_budget_s = policy_budget_s
         self.max_batch_size = max_batch_size
         self.max_batch_pixels = max_batch_pixels
-        self.max_activation_bytes = max_activation_bytes
+        # On the CPU the activations are host memory: half the memory budget unless set.
+        self.max_activation_bytes = (max_activation_bytes if max_activation_bytes is not None
+                                     or self.device.type != "cpu" else host_activation_bytes)
         self.threads = torch.get_num_threads()
         # Batches at once: `lanes`; when it is 0, measured on a CPU (1 until then), 2 on CUDA.
         self.lanes = lanes or (2 if self.device.type == "cuda" else 1)

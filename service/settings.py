@@ -61,7 +61,14 @@ class Settings(BaseSettings):
                                 "2^31 elements that 32-bit index math allows")
     queue_limit: int = Field(64, ge=1, description="requests waiting for a batch")
     max_inflight: int = Field(256, ge=1, description="admitted requests, decoding included")
-    request_timeout_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="a request must be answered within this; one predicted to "
+                                "compute longer is refused at once (413 too_slow)")
+    memory_budget_bytes: int | None = Field(
+        1536 * MiB, ge=1, description="host memory the requests being computed may hold at "
+                                      "once, per process (service/memory.py): inside the k8s "
+                                      "memory limits with the models and torch beside it; "
+                                      "unset = no budget")
     batch_policy: Literal["measure", "fixed"] = Field(
         "measure", description="measure: at warm-up, time the execution paths, batch sizes and "
                                "concurrent forwards on this device and use the fastest; fixed: "
@@ -219,7 +226,8 @@ class Settings(BaseSettings):
             return [int(n) for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("redis_url", "metrics_api_key", "style_images_dir", mode="before")
+    @field_validator("redis_url", "metrics_api_key", "style_images_dir", "memory_budget_bytes",
+                     mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None
