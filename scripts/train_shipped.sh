@@ -17,10 +17,10 @@ CONTINUE=${CONTINUE:-0}   # 1: each model starts from the weights already in $ST
 WITH_SR=${WITH_SR:-1}     # 0: style models only
 mkdir -p "$LOGS"
 
-# style: name, style weight (lambda_s; content weight 1), TV weight. Chosen per painting so the
-# result looks like it while the photo stays recognisable (see README, "Shipped models").
-# lambda_s ~ 3.1e5 / (mean style loss of unstyled photos against the painting), so that every
-# painting starts with the same pull against the content term (udnie: Gatys-checked by eye).
+# style: name, style weight (lambda_s; content weight 1), TV weight. The weights the shipped
+# networks were trained with, tuned per painting by eye; `--style-weight auto` (the default of
+# `python -m train style`, train/style_weight.py) gives each of them within 21% of these
+# (docs/style_weight.md). A new painting: put `auto` in the second column.
 STYLE_TABLE=${STYLE_TABLE:-"udnie 2e-5 1e-2
 candy 2.5e-6 1e-2
 mosaic 3.5e-6 1e-2
