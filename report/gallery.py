@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                 crop = array[top:top + args.crop, left:left + args.crop]
                 crop = crop.repeat(args.zoom, axis=0).repeat(args.zoom, axis=1)  # nearest
                 rel = f"gallery/sr/{spec.replace('/', '_')}_x{factor}_{key}.jpg"
-                tile = {"label": label, "path": save(crop, rel, quality=95)}
+                tile: dict[str, Any] = {"label": label, "path": save(crop, rel, quality=95)}
                 if key != "hr":   # of the whole image: its gradient energy over the HR image's
                     tile["sharpness"] = y_sharpness(array, reference, border=factor)
                 tiles.append(tile)

@@ -229,18 +229,21 @@ def cuda_runner(path: CudaPath, module: nn.Module, max_batch: int) -> Runner:
 
 def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
                loaded_dtype: torch.dtype, only: Collection[str] | None = None, *,
-               max_batch: int = 8) -> dict[str, Runner]:
+               max_batch: int = 8, export: Callable[[nn.Module], bytes] = onnx_bytes
+               ) -> dict[str, Runner]:
     """The paths worth measuring besides `base_path` (which runs `module` itself), or those of
     them named in `only`.
 
     `module` is on `device` in `loaded_dtype` (a multi-style network's runners take the style
     weights too). An explicit dtype setting limits the candidates to that dtype; `auto` tries
-    them all. `max_batch`: the largest batch a CUDA graph path pads to.
+    them all. `max_batch`: the largest batch a CUDA graph path pads to. `export`: the ONNX
+    export of the rewritten module (one that keeps exports across starts may be given).
     """
     runners: dict[str, Runner] = {}
     base = base_path(device, loaded_dtype)
     wanted = lambda name: name != base and (only is None or name in only)  # noqa: E731
-    for name, build in _candidates(module, device, dtype_setting, max_batch, wanted).items():
+    for name, build in _candidates(module, device, dtype_setting, max_batch, wanted,
+                                   export).items():
         try:
             runners[name] = build()
         except Exception as e:  # never fail a start over an optional path
@@ -249,7 +252,8 @@ def candidates(module: nn.Module, device: torch.device, dtype_setting: str,
 
 
 def _candidates(module: nn.Module, device: torch.device, dtype_setting: str, max_batch: int,
-                wanted: Callable[[str], bool]) -> dict[str, Callable[[], Runner]]:
+                wanted: Callable[[str], bool], export: Callable[[nn.Module], bytes]
+                ) -> dict[str, Callable[[], Runner]]:
     """Name -> builder of each candidate `wanted`, so that unwanted ones cost nothing."""
     if device.type == "cuda":
         return {name: functools.partial(cuda_runner, path, module, max_batch)
@@ -258,7 +262,7 @@ def _candidates(module: nn.Module, device: torch.device, dtype_setting: str, max
     runners: dict[str, Callable[[], Runner]] = {}
     if dtype_setting in ("auto", "float32"):
         runners["rewrite"] = lambda: TorchRunner(fast, torch.float32)
-        exported = functools.cache(lambda: onnx_bytes(fast))   # once, shared
+        exported = functools.cache(lambda: export(fast))   # once, shared
         if installed("onnxruntime"):
             runners["onnx_rewrite"] = lambda: OnnxRunner(exported())
         if installed("openvino"):

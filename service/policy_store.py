@@ -12,6 +12,7 @@ file (a volume, k8s/) do not overwrite each other's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -23,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from model_store.onnx_export import onnx_bytes
 from service.policy import ModelPolicy
 
 log = logging.getLogger("service.policy_store")
 
 FORMAT = 2
 KEYS_PER_MODEL = 8     # the most recently stored kept
+KEPT_EXPORTS = 32      # ONNX exports kept, the newest
 LIBRARIES = ("torch", "onnxruntime", "openvino", "numpy")
 
 
@@ -101,6 +105,33 @@ class PolicyStore:
         entries[key] = policy.as_dict(rounded=False)
         for old in list(entries)[:-KEYS_PER_MODEL]:
             del entries[old]
+
+    def export(self, module: nn.Module, key: str) -> bytes:
+        """`onnx_bytes(module)`, kept beside the policies under `key` (it names the weights,
+        the transformation and the versions): the export took a third of a start."""
+        folder = self.path.parent / "exports" if self.path is not None else None
+        if folder is not None and (folder / f"{key}.onnx").is_file():
+            with contextlib.suppress(OSError):
+                return (folder / f"{key}.onnx").read_bytes()
+        data = onnx_bytes(module)
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".export-")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, folder / f"{key}.onnx")
+                for old in sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime,
+                                  reverse=True)[KEPT_EXPORTS:]:
+                    old.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("could not keep the export in %s: %s", folder, e)
+        return data
+
+    @staticmethod
+    def export_key(digest: str) -> str:
+        """The export of one model's rewritten network, by these libraries."""
+        return PolicyStore.key({"versions": library_versions()}, digest, {"export": "rewrite"})
 
     def save(self) -> None:
         """Write atomically (several worker processes may write the same file)."""

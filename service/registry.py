@@ -24,7 +24,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -252,6 +252,7 @@ class Registry:
         self._models: dict[str, LoadedModel] = {}
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
         self._lane_rates: list[dict[int, float]] = []
+        self._activation_sizes: dict[str, ActivationSizes] = {}
         self.policy_store = policy_store or PolicyStore(None)
         self.remeasure = remeasure
 
@@ -276,7 +277,10 @@ class Registry:
             model = LoadedModel(name, manifest, module, self.device, self.dtype,
                                 policies.fixed_policy(self.base_path, self.max_batch_size),
                                 staging=self.staging)
-            model.activations = ActivationSizes(module, len(model.styles))
+            arch = architecture(manifest)    # the same shapes for the same architecture
+            if arch not in self._activation_sizes:
+                self._activation_sizes[arch] = ActivationSizes(module, len(model.styles))
+            model.activations = self._activation_sizes[arch]
             if self.policy == "measure" and self.policy_sizes:
                 key = self._policy_key(environment, manifest)
                 stored = None if self.remeasure else self.policy_store.get(name, key)
@@ -298,6 +302,11 @@ class Registry:
             self.policy_store.save()
         return self.models()
 
+    def _export(self, model: LoadedModel) -> Callable[[nn.Module], bytes]:
+        """The ONNX export of `model`'s rewritten network, kept across starts."""
+        return functools.partial(self.policy_store.export,
+                                 key=PolicyStore.export_key(model.manifest.sha256))
+
     def _policy_key(self, environment: dict, manifest: Manifest) -> str:
         """Everything `_measure` depends on for this model: the stored policy is reused only
         when it is all unchanged."""
@@ -311,9 +320,13 @@ class Registry:
         """Build the paths a stored policy chose, without timing them; False if one of them
         cannot be built here any more (then the model is measured)."""
         started = time.monotonic()
+        # On the CPU the copy made for measuring serves as it is (measuring, should this
+        # fail, copies it again); elsewhere it stays on the CPU for that.
+        on_device = weights if self.device.type == "cpu" else copy.deepcopy(weights).to(
+            self.device)
         paths = execution.candidates(
-            copy.deepcopy(weights).to(self.device), self.device, self.dtype_setting,
-            self.dtype, only=stored.paths(), max_batch=self.max_batch_size)
+            on_device, self.device, self.dtype_setting, self.dtype,
+            only=stored.paths(), max_batch=self.max_batch_size, export=self._export(model))
         wanted = stored.paths() - {self.base_path}
         if not wanted <= set(paths):
             log.warning("stored policy of %s: paths %s unavailable; measuring", model.name,
@@ -342,7 +355,7 @@ class Registry:
                 copy.deepcopy(weights).to(self.device), self.device, self.dtype_setting,
                 self.dtype,
                 only=None if first is None else first.policy.paths(),
-                max_batch=self.max_batch_size)}
+                max_batch=self.max_batch_size, export=self._export(model))}
         if self.device.type == "cpu" and self.dtype == torch.float32:
             reference = paths[self.base_path]  # float32 on the CPU already: the reference itself
         else:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from service import errors
-from service.memory import MiB, MemoryBudget
+from service.memory import MemoryBudget, MiB
 from tests.helpers import images
 from tests.helpers.server import running
 

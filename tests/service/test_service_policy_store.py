@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -107,7 +108,12 @@ def test_a_second_start_reuses_the_policies_and_a_changed_model_is_measured_agai
     def no_measuring(*args, **kwargs):
         raise AssertionError("measured although the stored policy matches")
 
+    exports = sorted((tmp_path / "exports").glob("*.onnx"))
+    assert len(exports) == (2 if "openvino_rewrite" in first.models()[0].runners
+                            or "onnx_rewrite" in first.models()[0].runners else 0)
     monkeypatch.setattr(policies, "measure", no_measuring)
+    if exports:    # the exports are read back, not made again
+        monkeypatch.setattr(policy_store, "onnx_bytes", no_measuring)
     second = registry(root, policy_file)
     second.load_all()
     assert {m.name: m.policy.source for m in second.models()} == {
@@ -127,3 +133,23 @@ def test_a_second_start_reuses_the_policies_and_a_changed_model_is_measured_agai
     third.load_all()
     assert {m.name: m.policy.source for m in third.models()} == {
         "udnie": "measured", "candy": "stored (shared with udnie)"}
+
+
+def test_exports_are_kept_by_key_and_bounded(tmp_path, monkeypatch):
+    made: list[int] = []
+
+    def export(module) -> bytes:
+        made.append(1)
+        return b"onnx %d" % len(made)
+
+    monkeypatch.setattr(policy_store, "onnx_bytes", export)
+    monkeypatch.setattr(policy_store, "KEPT_EXPORTS", 2)
+    store = PolicyStore(tmp_path / "policy.json")
+    assert store.export(None, key="a") == b"onnx 1"
+    assert store.export(None, key="a") == b"onnx 1" and len(made) == 1   # read back
+    for key in ("b", "c"):
+        time.sleep(0.02)      # distinct modification times: the oldest goes
+        store.export(None, key=key)
+    assert sorted(p.stem for p in (tmp_path / "exports").glob("*.onnx")) == ["b", "c"]
+    assert PolicyStore(None).export(None, key="a") == b"onnx 4"          # nothing kept
+    assert PolicyStore.export_key("d1") != PolicyStore.export_key("d2")
