@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -25,8 +26,10 @@ torch.set_num_threads(1)
 # No warm-up timing of the batch policy (service/policy.py) unless a test asks for it: fast,
 # deterministic batches. Settings read the environment, so this covers Settings(...) too.
 os.environ.setdefault("SERVICE_BATCH_POLICY", "fixed")
-# Measured policies are not kept across tests (service/policy_store.py) unless a test asks.
+# Measured policies are not kept across tests (service/policy_store.py) unless a test asks;
+# services started as subprocesses (no SERVICE_* inherited) keep theirs in a temporary folder.
 os.environ.setdefault("SERVICE_POLICY_FILE", "")
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="perceptual-service-tests-")
 
 
 @pytest.fixture(scope="session")
