@@ -72,9 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(RateLimit, limiter=services.limiter, metrics=services.metrics)
     api_keys, metrics_key = KeyRing(settings.api_keys), KeyRing(
         [settings.metrics_api_key] if settings.metrics_api_key else [])
-    if api_keys or metrics_key:
+    admin_key = KeyRing([settings.admin_api_key] if settings.admin_api_key else [])
+    if api_keys or metrics_key or admin_key:
         app.add_middleware(ApiKeyAuth, api_keys=api_keys, metrics_key=metrics_key,
-                           metrics=services.metrics)
+                           admin_key=admin_key, metrics=services.metrics)
     if api_keys:
         document_security(app)
     app.add_middleware(RequestLimits, max_url_bytes=settings.max_url_bytes,

@@ -5,8 +5,9 @@ and /static files: the page asks the user for a key and sends it with its API ca
 sent as
 `Authorization: Bearer KEY` or `X-API-Key: KEY`. `/metrics` needs `metrics_api_key` when that
 is set (the API keys do not open it: scrapers and clients are different parties), else it is
-open like the probes, for a scraper inside the cluster. With no keys configured (the default,
-for the embedded local run) nothing is checked.
+open like the probes, for a scraper inside the cluster. `/admin/*` (reloading the models) needs
+`admin_api_key`; with API keys set and no admin key it is closed to everyone. With no keys
+configured (the default, for the embedded local run) nothing is checked.
 
 Keys are compared in constant time: the presented key's sha256 against every configured key's
 sha256 with `hmac.compare_digest`, without stopping at a match, so neither the time nor the
@@ -32,6 +33,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs",
                         "/docs/oauth2-redirect", "/redoc", "/"})
 STATIC_PREFIX = "/static/"  # a StaticFiles mount: it can only serve the page's own files
 METRICS_PATH = "/metrics"
+ADMIN_PREFIX = "/admin/"
 
 
 def is_open(path: str) -> bool:
@@ -83,17 +85,23 @@ class ApiKeyAuth:
     key's id goes to `scope["state"]["caller"]` for the rate limiter and the access log."""
 
     def __init__(self, app: ASGIApp, *, api_keys: KeyRing, metrics_key: KeyRing,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, admin_key: KeyRing | None = None) -> None:
         self.app = app
         self.api_keys = api_keys
         self.metrics_key = metrics_key
+        self.admin_key = admin_key or KeyRing([])
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        ring = self.metrics_key if scope["path"] == METRICS_PATH else self.api_keys
+        path = scope["path"]
+        if path.startswith(ADMIN_PREFIX) and self.api_keys and not self.admin_key:
+            await errors.rejection(errors.Unauthorized(), self.metrics)(scope, receive, send)
+            return
+        ring = (self.metrics_key if path == METRICS_PATH
+                else self.admin_key if path.startswith(ADMIN_PREFIX) else self.api_keys)
         if ring:
             caller = ring.match(presented_key(scope))
             if caller is None:

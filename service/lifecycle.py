@@ -14,10 +14,11 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service import errors
 from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
@@ -26,7 +27,7 @@ from service.memory import MemoryBudget
 from service.metrics import BatchMetrics, Metrics
 from service.policy_store import PolicyStore
 from service.ratelimit import Limiter, make_limiter
-from service.registry import Payload, Registry, is_device_error, is_oom, model_of
+from service.registry import LoadedModel, Payload, Registry, is_device_error, is_oom, model_of
 from service.settings import Settings
 from service.tiling import TileConfig
 
@@ -73,14 +74,11 @@ class Services:
             await asyncio.shield(self._loader)
         return self.admission.phase
 
-    async def _load(self) -> None:
-        started = time.monotonic()
-        try:
-            models = await asyncio.to_thread(self.registry.load_all)
-        except Exception as e:  # a broken store must show, not serve half the models
-            self.admission.mark_failed(f"{type(e).__name__}: {e}")
-            log.error("loading the models failed: %s", self.admission.error)
-            return
+    def _publish(self, models: list[LoadedModel]) -> None:
+        """The loaded models and their policies in the metrics (those of the previous versions
+        cleared first)."""
+        self.metrics.model_info.clear()
+        self.metrics.policy_max_batch.clear()
         for m in models:
             factor = str(m.manifest.factor) if m.manifest.factor else ""
             self.metrics.model_info.labels(name=m.name, task=m.task, factor=factor,
@@ -90,6 +88,29 @@ class Services:
                 self.metrics.policy_max_batch.labels(
                     model=m.name, side=str(choice.side), path=choice.path,
                     source=m.policy.source).set(choice.max_batch)
+
+    async def reload_models(self) -> dict[str, Any]:
+        """The store's changes picked up while serving (`Registry.reload`), counted and shown
+        in the metrics. Only once the first load is done."""
+        if self.admission.phase != Phase.READY:
+            raise errors.NotReady(f"the service is {self.admission.phase}; reload when ready",
+                                  headers={"Retry-After": "1"})
+        report = await asyncio.to_thread(self.registry.reload)
+        for result in ("added", "replaced", "removed", "refused"):
+            if report[result]:
+                self.metrics.model_reloads.labels(result=result).inc(len(report[result]))
+        self._publish(self.registry.models())
+        return report
+
+    async def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            models = await asyncio.to_thread(self.registry.load_all)
+        except Exception as e:  # a broken store must show, not serve half the models
+            self.admission.mark_failed(f"{type(e).__name__}: {e}")
+            log.error("loading the models failed: %s", self.admission.error)
+            return
+        self._publish(models)
         self.metrics.policy_lanes.set(self.registry.lanes)
         self.batcher.use_lanes(self.registry.lanes, self.registry.use_lanes,
                                split=self.registry.device.type == "cpu")

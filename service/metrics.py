@@ -72,6 +72,10 @@ class Metrics:
             "service_policy_lanes", "Forward passes that may run at once on the device, "
             "the CPU threads split between them", multiprocess_mode="livemax",
             registry=r)
+        self.model_reloads = Counter(
+            "service_model_reloads_total", "Model versions picked up while serving, by result "
+            "(added, replaced, removed, refused: failed its check, the old version serves)",
+            ["result"], registry=r)
         self.gpu_memory = Gauge(
             "service_gpu_memory_bytes", "GPU memory allocated by torch",
             multiprocess_mode="livesum", registry=r)

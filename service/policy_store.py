@@ -72,6 +72,7 @@ class PolicyStore:
     def __init__(self, path: Path | str | None) -> None:
         self.path = Path(path) if path else None
         self._models: dict[str, dict[str, dict[str, Any]]] = {}
+        self._changed = False
         if self.path is None or not self.path.is_file():
             return
         try:
@@ -103,6 +104,7 @@ class PolicyStore:
         entries = self._models.setdefault(name, {})
         entries.pop(key, None)
         entries[key] = policy.as_dict(rounded=False)
+        self._changed = True
         for old in list(entries)[:-KEYS_PER_MODEL]:
             del entries[old]
 
@@ -134,9 +136,11 @@ class PolicyStore:
         return PolicyStore.key({"versions": library_versions()}, digest, {"export": "rewrite"})
 
     def save(self) -> None:
-        """Write atomically (several worker processes may write the same file)."""
-        if self.path is None:
+        """Write what was put since the last save, atomically (several worker processes may
+        write the same file)."""
+        if self.path is None or not self._changed:
             return
+        self._changed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".policy-")

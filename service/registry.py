@@ -23,10 +23,12 @@ import copy
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +52,33 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def architecture(manifest: Manifest) -> str:
     """Models of one architecture and options cost the same: the first one is measured."""
     return json.dumps([manifest.architecture, manifest.options], sort_keys=True)
+
+
+def check(model: LoadedModel) -> str | None:
+    """Why a freshly loaded model must not take traffic, or None: its output on a test image
+    must be finite, and in reduced precision within the error its manifest records against the
+    same weights in float32 (plus a grey level: the test image is not the images it was
+    recorded on)."""
+    x = policies.test_image(4 * MIN_SIDE_PX).to(model.device)
+    mix = (torch.full((1, len(model.styles)), 1 / len(model.styles), device=model.device)
+           if model.styles else None)
+    y = model.run_module(x.to(model.dtype), mix).float()
+    if not torch.isfinite(y).all():
+        return "its output on a test image is not finite"
+    recorded = model.manifest.metrics.get("fp16_max_error_levels")
+    if model.dtype != torch.float32 and recorded is not None:
+        reference = copy.deepcopy(model.module).float()
+        with torch.inference_mode():
+            exact = (reference(x.float(), mix) if mix is not None else reference(x.float()))
+        error = float((levels(y) - levels(exact.float())).abs().max())
+        if error > recorded + 1:
+            return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
+                    f"over the {recorded:.2f} its manifest records")
+    return None
+
+
+def levels(y: torch.Tensor) -> torch.Tensor:
+    return (y.clamp(0, 1) * 255).round()
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -253,6 +282,8 @@ class Registry:
         self._measured: dict[str, LoadedModel] = {}   # architecture -> first model measured
         self._lane_rates: list[dict[int, float]] = []
         self._activation_sizes: dict[str, ActivationSizes] = {}
+        self._reloading = threading.Lock()
+        self.refused: dict[str, dict[str, str]] = {}   # name -> the version refused, and why
         self.policy_store = policy_store or PolicyStore(None)
         self.remeasure = remeasure
 
@@ -265,42 +296,83 @@ class Registry:
         names = self.wanted or self.store.names()
         self.threads = torch.get_num_threads()
         environment = policy_store.environment(self.device, self.threads)
-        measured_any = False
-        for name in names:
-            started = time.monotonic()
-            module, manifest = self.store.load(name)
-            # float32 as stored, before the conversion below rounds it: what the policy builds
-            # its candidate paths from and checks them against
-            weights = copy.deepcopy(module) if self.policy == "measure" else module
-            layout = execution.memory_format(self.base_path)   # what run_module feeds it
-            module = module.to(self.device, self.dtype).to(memory_format=layout).eval()
-            model = LoadedModel(name, manifest, module, self.device, self.dtype,
-                                policies.fixed_policy(self.base_path, self.max_batch_size),
-                                staging=self.staging)
-            arch = architecture(manifest)    # the same shapes for the same architecture
-            if arch not in self._activation_sizes:
-                self._activation_sizes[arch] = ActivationSizes(module, len(model.styles))
-            model.activations = self._activation_sizes[arch]
-            if self.policy == "measure" and self.policy_sizes:
-                key = self._policy_key(environment, manifest)
-                stored = None if self.remeasure else self.policy_store.get(name, key)
-                if stored is None or not self._reuse(model, weights, stored):
-                    self._measure(model, weights)
-                    self.policy_store.put(name, key, model.policy)
-                    measured_any = True
-            model.smoke()   # warm-up: kernels, allocator
-            self._models[name] = model
-            log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
-                     name, model.task, model.factor, self.device, model.dtype_name,
-                     time.monotonic() - started,
-                     [(s.side, s.path, s.max_batch) for s in model.policy.sizes]
-                     or model.policy.default)
+        with self._reloading:
+            for name in names:
+                self._models[name] = self._load(name, environment)
         if self._lane_rates:
             self.lanes = policies.choose_lanes(self._lane_rates)
             log.info("lanes: %d (images/s by lanes: %s)", self.lanes, self._lane_rates)
-        if measured_any:
-            self.policy_store.save()
+        self.policy_store.save()
         return self.models()
+
+    def reload(self) -> dict[str, Any]:
+        """Pick up the models added, replaced or removed in the store while serving (blocking;
+        call from a thread). A new version is loaded, measured (or its stored policy reused),
+        warmed up and checked (`check`) before it takes the old one's place in one step; one
+        that fails is refused, with the reason in `refused`, and the old version keeps
+        serving. A model removed from the store stops being served."""
+        with self._reloading:
+            names = self.wanted or self.store.names()
+            environment = policy_store.environment(self.device, self.threads)
+            report: dict[str, Any] = {"added": [], "replaced": [], "removed": [],
+                                      "refused": {}}
+            for name in names:
+                current = self._models.get(name)
+                try:
+                    digest = self.store.manifest(name).sha256
+                    if current is not None and current.digest == digest:
+                        self.refused.pop(name, None)    # the store is back to what serves
+                        continue
+                    model = self._load(name, environment)
+                    problem = check(model)
+                except Exception as e:   # a broken file is refused like a failed check
+                    digest, problem = "", f"{type(e).__name__}: {e}"
+                if problem is not None:
+                    log.warning("model %s (%s) refused: %s", name, digest[:12], problem)
+                    self.refused[name] = {"digest": digest, "reason": problem}
+                    report["refused"][name] = problem
+                    continue
+                self._models[name] = model     # one assignment: requests see old or new
+                self.refused.pop(name, None)
+                report["replaced" if current is not None else "added"].append(name)
+                log.info("model %s %s: %s", name,
+                         "replaced" if current is not None else "added", digest[:12])
+            for name in [n for n in self._models if n not in names]:
+                del self._models[name]
+                report["removed"].append(name)
+                log.info("model %s removed", name)
+            self.policy_store.save()
+            return report
+
+    def _load(self, name: str, environment: dict[str, Any]) -> LoadedModel:
+        """One model loaded, converted, measured (or its stored policy reused), warmed up."""
+        started = time.monotonic()
+        module, manifest = self.store.load(name)
+        # float32 as stored, before the conversion below rounds it: what the policy builds
+        # its candidate paths from and checks them against
+        weights = copy.deepcopy(module) if self.policy == "measure" else module
+        layout = execution.memory_format(self.base_path)   # what run_module feeds it
+        module = module.to(self.device, self.dtype).to(memory_format=layout).eval()
+        model = LoadedModel(name, manifest, module, self.device, self.dtype,
+                            policies.fixed_policy(self.base_path, self.max_batch_size),
+                            staging=self.staging)
+        arch = architecture(manifest)    # the same shapes for the same architecture
+        if arch not in self._activation_sizes:
+            self._activation_sizes[arch] = ActivationSizes(module, len(model.styles))
+        model.activations = self._activation_sizes[arch]
+        if self.policy == "measure" and self.policy_sizes:
+            key = self._policy_key(environment, manifest)
+            stored = None if self.remeasure else self.policy_store.get(name, key)
+            if stored is None or not self._reuse(model, weights, stored):
+                self._measure(model, weights)
+                self.policy_store.put(name, key, model.policy)
+        model.smoke()   # warm-up: kernels, allocator
+        log.info("loaded model %s (%s, factor %s) on %s/%s in %.2fs; policy %s",
+                 name, model.task, model.factor, self.device, model.dtype_name,
+                 time.monotonic() - started,
+                 [(s.side, s.path, s.max_batch) for s in model.policy.sizes]
+                 or model.policy.default)
+        return model
 
     def _export(self, model: LoadedModel) -> Callable[[nn.Module], bytes]:
         """The ONNX export of `model`'s rewritten network, kept across starts."""

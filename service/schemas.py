@@ -58,8 +58,23 @@ class ModelInfo(BaseModel):
     policy: PolicyInfo | None = Field(None, description="the batch policy chosen at warm-up")
 
 
+class RefusedModel(BaseModel):
+    digest: str = Field(description="sha256 of the version refused ('' if it could not be read)")
+    reason: str
+
+
 class ModelList(BaseModel):
     models: list[ModelInfo]
+    refused: dict[str, RefusedModel] = Field(
+        default_factory=dict, description="versions found in the store that failed their check "
+                                          "at a reload; the previous version (if any) serves")
+
+
+class ReloadReport(BaseModel):
+    added: list[str]
+    replaced: list[str]
+    removed: list[str]
+    refused: dict[str, str] = Field(description="name -> why the new version was refused")
 
 
 class Health(BaseModel):

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated; non-empty = /v1/* needs a key")
     metrics_api_key: SecretStr | None = Field(
         None, description="if set, /metrics needs this key (probes stay open)")
+    admin_api_key: SecretStr | None = Field(
+        None, description="the key of /admin/* (POST /admin/models/reload); with api_keys set "
+                          "and this unset, /admin/* is closed")
     rate_limit_per_s: float = Field(
         0.0, ge=0, description="requests per second per key (per client address without "
                                "keys); 0 = no limit")
@@ -226,8 +229,8 @@ class Settings(BaseSettings):
             return [int(n) for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("redis_url", "metrics_api_key", "style_images_dir", "memory_budget_bytes",
-                     mode="before")
+    @field_validator("redis_url", "metrics_api_key", "admin_api_key", "style_images_dir",
+                     "memory_budget_bytes", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None

@@ -1,4 +1,4 @@
-"""Operational routes: liveness, readiness, metrics and the model list."""
+"""Operational routes: liveness, readiness, metrics, the model list and reloading it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.admission import Phase
 from service.deps import ServicesDep
-from service.schemas import ErrorResponse, Health, ModelInfo, ModelList, PolicyInfo, Readiness
+from service.schemas import (
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    ModelList,
+    PolicyInfo,
+    Readiness,
+    RefusedModel,
+    ReloadReport,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -53,4 +62,18 @@ async def list_models(services: ServicesDep) -> ModelList:
                   dtype=m.dtype_name, digest=m.digest, metrics=m.manifest.metrics,
                   policy=PolicyInfo(**m.policy.as_dict(), lanes=services.registry.lanes,
                                     threads=services.registry.threads))
-        for m in services.registry.models()])
+        for m in services.registry.models()],
+        refused={name: RefusedModel(**r) for name, r in services.registry.refused.items()})
+
+
+@router.post("/admin/models/reload", response_model=ReloadReport,
+             summary="Pick up models added, replaced or removed in the store", responses={
+                 401: {"model": ErrorResponse,
+                       "description": "missing or wrong admin key (when keys are configured)"}})
+async def reload_models(services: ServicesDep) -> ReloadReport:
+    """Each new version is loaded, warmed up and checked before it replaces the old one in
+    one step; one that fails is refused (`refused` here and in /v1/models, a log line, the
+    metric `service_model_reloads_total{result="refused"}`) and the old version serves on.
+    Cached results are keyed by the weights' digest: the old version's are never served for
+    the new one."""
+    return ReloadReport(**await services.reload_models())
