@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,12 +95,10 @@ class StubRegistry(Registry):
         self.cost_file = cost_file
         self.cost = StubCost.read(cost_file)
 
-    def load_all(self) -> list[LoadedModel]:
-        for name in self.wanted or self.store.names():
-            module, manifest = self.store.load(name)
-            model = StubModel(name, manifest, module, torch.device("cpu"), torch.float32,
-                              policies.fixed_policy(STUB_PATH, self.max_batch_size))
-            model.cost, model.device_lock = self.cost, self.cost_file
-            model.activations = ActivationSizes(module, len(model.styles))
-            self._models[name] = model
-        return self.models()
+    def _load(self, name: str, environment: dict[str, Any]) -> LoadedModel:
+        module, manifest = self.store.load(name)
+        model = StubModel(name, manifest, module, torch.device("cpu"), torch.float32,
+                          policies.fixed_policy(STUB_PATH, self.max_batch_size))
+        model.cost, model.device_lock = self.cost, self.cost_file
+        model.activations = ActivationSizes(module, len(model.styles))
+        return model
