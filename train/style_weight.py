@@ -79,7 +79,7 @@ def auto_style_weight(vgg: LossNetwork, painting: torch.Tensor, photos: torch.Te
 def gatys_check(vgg: LossNetwork, painting: torch.Tensor, photo: torch.Tensor,
                 style_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     """Gatys et al. from the photo at λ_s: the image, its weighted losses, and the share of
-    the photo's style loss it keeps (the ship gate asks at most 0.5 of a network)."""
+    the photo's style loss it keeps."""
     targets = style_targets(vgg, painting)
     image, history = stylize_by_optimisation(photo, targets, vgg, ITERATIONS, init="content",
                                              style_weight=style_weight,
