@@ -38,8 +38,9 @@ def add_measurement_arguments(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--iterations", default="50,100,300", help="Gatys reports")
         p.add_argument("--init", choices=("noise", "content"), default="noise",
                        help="Gatys' starting image (the paper: noise)")
-        p.add_argument("--threshold", type=float, default=0.5,
-                       help="ship only if style loss <= this x the unstyled photo's")
+        p.add_argument("--gate-iterations", type=int, default=100,
+                       help="ship only if the network's total loss is at most Gatys et al.'s "
+                            "after this many iterations on every content image")
         p.add_argument("--runs", type=int, default=5, help="forward passes timed")
     if name == "style-weight":
         p.add_argument("--image-size", type=int, default=256,

@@ -1,8 +1,9 @@
 """`python -m report style`: each style network against Gatys et al.'s optimisation (Figure 5).
 
-Both are scored with the objective the model was trained on; a model ships only if its style
-loss is well below the unstyled photo's. The table builders are pure functions of the JSON
-document, so tests check them on small hand-made inputs without running any network.
+Both are scored with the objective the model was trained on; a model ships only if its total
+loss is at most that of Gatys et al. after 100 iterations on every content image. The table
+builders are pure functions of the JSON document, so tests check them on small hand-made inputs
+without running any network.
 """
 
 from __future__ import annotations
@@ -34,38 +35,45 @@ from report.common import (
 log = logging.getLogger(__name__)
 
 
+def total(terms: dict[str, float]) -> float:
+    return terms["content"] + terms["style"] + terms.get("tv", 0.0)
+
+
 def style_table(doc: dict[str, Any]) -> str:
-    """One row per style: network vs Gatys at each iteration count, and the shipping check."""
+    """One row per style: the network's losses, Gatys' at each iteration count with the verdict
+    (is the network's total at or below it?), and the ship gate over every content image."""
     settings = doc["settings"]
     iterations = [str(i) for i in settings["iterations"]]
-    header = ["style", "network", *(f"Gatys {i} it." for i in iterations), "unstyled photo",
-              f"style loss ÷ photo's (max of {len(settings['check_images'])})", "shipped"]
+    gate = settings["gate_iterations"]
+    header = ["style", "network", *(f"Gatys {i} it." for i in iterations),
+              f"network ÷ Gatys {gate} it. (max of {len(settings['check_images'])})", "shipped"]
     rows = []
 
     def cell(d: dict[str, float]) -> str:
         return f"{fmt_loss(d['content'])} / {fmt_loss(d['style'])} ({fmt_seconds(d['seconds'])})"
 
     for name, s in doc["styles"].items():
-        r = s["summary"]
-
-        check = s["check"]
-        rows.append([f"`{name}`", cell(r["network"]), *(cell(r["gatys"][i]) for i in iterations),
-                     f"— / {fmt_loss(r['unstyled']['style'])}", f"{check['max_ratio']:.3f}",
-                     "yes" if check["passed"] else "**no**"])
+        r, check = s["summary"], s["check"]
+        net = total(r["network"])
+        rows.append([f"`{name}`", cell(r["network"]),
+                     *(cell(r["gatys"][i]) + (" ✓" if net <= total(r["gatys"][i]) else " ✗")
+                       for i in iterations),
+                     f"{check['max_ratio']:.2f}", "yes" if check["passed"] else "**no**"])
     return markdown_table(header, rows, "l" + "r" * (len(header) - 2) + "l")
 
 
 def style_legend(doc: dict[str, Any]) -> str:
     s = doc["settings"]
-    text = (f"Cells: content loss / style loss (seconds), λ-weighted as each model was trained, "
+    return (f"Cells: content loss / style loss (seconds), λ-weighted as each model was trained, "
             f"on {', '.join(s['content'])} at {s['size']} px (longer side); Gatys et al. by "
-            f"L-BFGS from {s['init']}, the same objective. Times: {machine_line(doc['machine'])}; "
-            f"wall-clock, so compare them within a row. "
-            f"A model ships only if its style loss is at most {s['threshold']} × that of the "
-            f"unstyled photo on every one of {len(s['check_images'])} content images.")
-    text += (" L-BFGS takes unit steps without a line search (train/gatys.py), so an "
-             "iteration can raise its objective; each cell is the best image evaluated so far.")
-    return text
+            f"L-BFGS from {s['init']}, the same objective; ✓ where the network's total "
+            f"(content + style + TV) is at or below that of Gatys et al., ✗ where it is above. "
+            f"Times: {machine_line(doc['machine'])}; wall-clock, so compare them within a row. "
+            f"A model ships only if its total is at most that of Gatys et al. after "
+            f"{s['gate_iterations']} iterations on every one of {len(s['check_images'])} "
+            f"content images (the paper's Figure 5: a network matches 50 to 100 iterations). "
+            "L-BFGS takes unit steps without a line search (train/gatys.py), so an iteration "
+            "can raise its objective; each cell is the best image evaluated so far.")
 
 
 def plot_style(doc: dict[str, Any], path: Path) -> None:
@@ -112,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
     check_paths = sorted((data / "content-images").glob("*.jpg"))
     docs = Path(args.docs)
     settings = {"content": content_names, "size": args.size, "iterations": iterations,
-                "init": args.init, "threshold": args.threshold,
+                "init": args.init, "gate_iterations": args.gate_iterations,
                 "check_images": [p.stem for p in check_paths], "loss_network": kind}
+    if missing := set(content_names) - set(settings["check_images"]):
+        raise ValueError(f"--content {', '.join(sorted(missing))}: not in {data}/content-images")
     styles: dict[str, Any] = {}
     for name in names:
         net, manifest = store.load(name)
@@ -138,18 +148,21 @@ def run(args: argparse.Namespace) -> int:
                         "tv": cfg["tv_weight"] * float(tv_loss(x))}
 
         per_image: dict[str, Any] = {}
-        for content_name in content_names:
-            photo = load_image(data / "content-images" / f"{content_name}.jpg", args.size)
+        for path in check_paths:
+            photo = load_image(path, args.size)
             with torch.no_grad():
                 seconds, _ = median_seconds(functools.partial(net, photo), args.runs)
                 out = net(photo)
+            in_table = path.stem in content_names
+            last = iterations[-1] if in_table else args.gate_iterations
             started = time.perf_counter()
             image, history = stylize_by_optimisation(
-                photo, targets, vgg, iterations[-1], init=args.init, report_at=iterations,
+                photo, targets, vgg, last, init=args.init,
+                report_at=sorted({i for i in iterations if i <= last} | {args.gate_iterations}),
                 content_layer=cfg["content_layer"], style_layers=layers, **weights)
-            log.info("%s on %s: Gatys %d iterations in %.0f s", name, content_name,
-                     iterations[-1], time.perf_counter() - started)
-            per_image[content_name] = {
+            log.info("%s on %s: Gatys %d iterations in %.0f s", name, path.stem, last,
+                     time.perf_counter() - started)
+            per_image[path.stem] = {
                 "shape": list(photo.shape[-2:]),
                 "network": {**losses(out, photo), "seconds": seconds},
                 "gatys": {str(h["iteration"]): {k: h[k] for k in ("content", "style", "tv",
@@ -157,32 +170,32 @@ def run(args: argparse.Namespace) -> int:
                           for h in history},
                 "unstyled": losses(photo, photo),
             }
-            save_jpeg(out, docs / "style" / f"{name}_{content_name}_network.jpg")
-            save_jpeg(image, docs / "style" / f"{name}_{content_name}_gatys{iterations[-1]}.jpg")
-        ratios = {}
-        for path in check_paths:
-            photo = load_image(path, args.size)
-            with torch.no_grad():
-                styled = net(photo)
-            ratios[path.stem] = losses(styled, photo)["style"] / losses(photo, photo)["style"]
+            if in_table:
+                save_jpeg(out, docs / "style" / f"{name}_{path.stem}_network.jpg")
+                save_jpeg(image, docs / "style" / f"{name}_{path.stem}_gatys{last}.jpg")
+        ratios = {stem: total(r["network"]) / total(r["gatys"][str(args.gate_iterations)])
+                  for stem, r in per_image.items()}
         max_ratio = max(ratios.values())
-        check = {"ratios": ratios, "max_ratio": max_ratio, "threshold": args.threshold,
-                 "passed": max_ratio <= args.threshold, "size": args.size}
+        check = {"ratios": ratios, "max_ratio": max_ratio, "passed": max_ratio <= 1.0,
+                 "gate_iterations": args.gate_iterations, "size": args.size}
+        shown = [per_image[c] for c in content_names]
         summary = {"images": content_names, "size": args.size,
-                   "network": mean_terms([r["network"] for r in per_image.values()]),
-                   "gatys": {str(i): mean_terms([r["gatys"][str(i)] for r in per_image.values()])
+                   "network": mean_terms([r["network"] for r in shown]),
+                   "gatys": {str(i): mean_terms([r["gatys"][str(i)] for r in shown])
                              for i in iterations},
-                   "unstyled": mean_terms([r["unstyled"] for r in per_image.values()])}
+                   "unstyled": mean_terms([r["unstyled"] for r in shown])}
         store.update_metrics(name, {"style_vs_gatys": summary, "style_check": check})
         styles[name] = {"summary": summary, "check": check, "per_image": per_image}
-        print(f"{name}: network {summary['network']}, Gatys {summary['gatys']}, "
-              f"max style-loss ratio {max_ratio:.3f} -> {'pass' if check['passed'] else 'FAIL'}")
+        print(f"{name}: network {summary['network']}, Gatys {summary['gatys']}, network over "
+              f"Gatys {args.gate_iterations} at most {max_ratio:.3f} -> "
+              f"{'pass' if check['passed'] else 'FAIL'}")
     doc = {"machine": machine(), "settings": settings, "styles": styles}
     write_json(docs / "style.json", doc)
     write_page(doc, docs)
     failed = [n for n, s in styles.items() if not s["check"]["passed"]]
     if failed:
-        print(f"NOT SHIPPABLE (style loss not well below the photo's): {', '.join(failed)}")
+        print(f"NOT SHIPPABLE (total above Gatys et al. at {args.gate_iterations} iterations "
+              f"on some content image): {', '.join(failed)}")
     return 0
 
 
@@ -205,7 +218,8 @@ The idea of the paper's Figure 5: the feed-forward network minimises, in one pas
 that Gatys et al. minimise by optimising the pixels. For each shipped style the network's output
 and L-BFGS after {', '.join(map(str, iterations))} iterations are scored with the same loss
 network ({kind}) and the same weights as that model's training (its manifest).
-The unstyled photo's style loss is the bar a model has to clear to be shipped.
+The ship gate, on each of the content images: the network's total at most that of Gatys et al.
+after {doc["settings"]["gate_iterations"]} iterations.
 
 {style_legend(doc)}
 

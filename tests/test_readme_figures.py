@@ -128,12 +128,15 @@ def test_style_table_matches_the_manifests():
         assert_cell(row["network"], [v["network"][k] for k in ("content", "style", "seconds")])
         gatys = [h for h in row if h.startswith("Gatys ")]
         assert sorted(h.split()[1] for h in gatys) == sorted(v["gatys"])
+        network_total = sum(v["network"][k] for k in ("content", "style", "tv"))
         for h in gatys:
             g = v["gatys"][h.split()[1]]
             assert_cell(row[h], [g["content"], g["style"], g["seconds"]])
-        assert_cell(row["unstyled photo"], [v["unstyled"]["style"]])
-        (ratio,) = [h for h in row if h.startswith("style loss ÷")]
+            below = network_total <= sum(g[k] for k in ("content", "style", "tv"))
+            assert row[h].endswith("✓" if below else "✗")
+        (ratio,) = [h for h in row if h.startswith("network ÷ Gatys")]
         assert_cell(row[ratio], [check["max_ratio"]])
+        assert check["passed"] == (check["max_ratio"] <= 1.0)
         assert row["shipped"] == ("yes" if check["passed"] else "**no**")
     assert names == sorted(n for n, m in MANIFESTS.items() if m["architecture"] == "style")
 
