@@ -179,7 +179,7 @@ async def test_empty_store_is_ready_with_no_models(tmp_path: Path) -> None:
     settings = Settings(model_store=tmp_path / "empty", device="cpu", redis_url=None)
     async with running(settings) as r:
         assert (await r.client.get("/readyz")).status_code == 200
-        assert (await r.client.get("/v1/models")).json() == {"models": []}
+        assert (await r.client.get("/v1/models")).json() == {"models": [], "refused": {}}
         resp = await r.client.post("/v1/stylize?style=udnie", content=images.png(), headers=PNG)
         assert resp.status_code == 404 and "available: none" in resp.json()["error"]["message"]
 
