@@ -29,8 +29,8 @@ import torch
 
 from model_store import data_root
 from train.data import image_files, load_rgb
-from train.gatys import STYLE_LAYERS, save_png, stylize_by_optimisation
-from train.losses import gram, style_loss
+from train.gatys import STYLE_LAYERS, save_png, style_targets, stylize_by_optimisation
+from train.losses import style_loss
 from train.vgg import LossNetwork
 
 UNSTYLED = 3.6e5    # λ_s l_style of the unstyled photos: the shipped styles' geometric mean
@@ -54,12 +54,6 @@ def calibration_photos(folder: Path | str, image_size: int) -> torch.Tensor:
         top, left = (h - side) // 2, (w - side) // 2
         out.append(im[:, top:top + side, left:left + side])
     return torch.stack(out)
-
-
-def style_targets(vgg: LossNetwork, painting: torch.Tensor) -> list[torch.Tensor]:
-    with torch.no_grad():
-        taps = vgg(painting)
-        return [gram(getattr(taps, name)) for name in STYLE_LAYERS]
 
 
 def unstyled_style_loss(vgg: LossNetwork, painting: torch.Tensor, photos: torch.Tensor
