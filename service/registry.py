@@ -70,15 +70,11 @@ def check(model: LoadedModel) -> str | None:
         reference = copy.deepcopy(model.module).float()
         with torch.inference_mode():
             exact = (reference(x.float(), mix) if mix is not None else reference(x.float()))
-        error = float((levels(y) - levels(exact.float())).abs().max())
+        error = float((policies.levels(y) - policies.levels(exact)).abs().max())
         if error > recorded + 1:
             return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
                     f"over the {recorded:.2f} its manifest records")
     return None
-
-
-def levels(y: torch.Tensor) -> torch.Tensor:
-    return (y.clamp(0, 1) * 255).round()
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
