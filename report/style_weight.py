@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -47,15 +48,20 @@ def style_weight_table(doc: dict[str, Any]) -> str:
          f"Gatys {doc['iterations']} it.: style loss kept"], rows, "lrrrrr")
 
 
-def contact_sheet(photo: Path, images: dict[str, Path], out: Path) -> None:
-    """The photo, then each painting's Gatys result, labelled, in rows of SHEET_COLUMNS."""
-    tiles = [("photo", Image.open(photo).convert("RGB"))]
-    tiles += [(name, Image.open(path).convert("RGB")) for name, path in images.items()]
-    side = tiles[0][1].width
+def picture(image: torch.Tensor) -> Image.Image:
+    """(1, 3, H, W) in [0, 1] -> an 8-bit RGB image."""
+    array = (image[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def contact_sheet(tiles: dict[str, Image.Image], out: Path) -> None:
+    """The labelled tiles (the photo, then each painting's Gatys result) in rows of
+    SHEET_COLUMNS, each the size of the first."""
+    side = next(iter(tiles.values())).width
     rows = math.ceil(len(tiles) / SHEET_COLUMNS)
     sheet = Image.new("RGB", (SHEET_COLUMNS * side, rows * (side + 14)), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (name, tile) in enumerate(tiles):
+    for i, (name, tile) in enumerate(tiles.items()):
         x, y = (i % SHEET_COLUMNS) * side, (i // SHEET_COLUMNS) * (side + 14)
         sheet.paste(tile.resize((side, side)), (x, y + 14))
         draw.text((x + 2, y + 1), name, fill="black")
@@ -65,7 +71,6 @@ def contact_sheet(photo: Path, images: dict[str, Path], out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Measure every painting; write docs/style_weight.{json,md,jpg}."""
     from train.data import image_files
-    from train.gatys import save_png
     from train.style_training import load_loss_network, load_style_image
     from train.style_weight import (
         CROP,
@@ -85,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     c = photos.shape[-1] // 2
     check_photo = photos[:1, :, c - half:c + half, c - half:c + half]
     shipped = shipped_weights(ModelStore(args.store))
-    sheet_dir = docs / "style_weight"
-    sheet_dir.mkdir(parents=True, exist_ok=True)
-    save_png(check_photo, sheet_dir / "photo.png")
+    tiles = {"photo": picture(check_photo)}
     doc: dict[str, Any] = {"machine": machine(), "unstyled": UNSTYLED, "photos": PHOTOS,
                            "crop": CROP, "image_size": args.image_size,
                            "check_size": args.check_size, "iterations": ITERATIONS,
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if path.stem in shipped:
             row["shipped"] = shipped[path.stem]
         image, row["check"] = gatys_check(vgg, painting, check_photo, row["style_weight"])
-        save_png(image, sheet_dir / f"{path.stem}.png")
+        tiles[path.stem] = picture(image)
         doc["styles"][path.stem] = row
         print(f"{path.stem}: λ_s {row['style_weight']:.3g}, Gatys style kept "
               f"{row['check']['style_kept']:.3f}", flush=True)
@@ -107,12 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 for r in doc["styles"].values() if "shipped" in r]
     if products:
         doc["shipped_geometric_mean"] = math.exp(sum(map(math.log, products)) / len(products))
-    contact_sheet(sheet_dir / "photo.png",
-                  {name: sheet_dir / f"{name}.png" for name in doc["styles"]},
-                  docs / "style_weight.jpg")
-    for png in sheet_dir.iterdir():
-        png.unlink()
-    sheet_dir.rmdir()
+    contact_sheet(tiles, docs / "style_weight.jpg")
     write_json(docs / "style_weight.json", doc)
     write_page(doc, docs)
     return 0

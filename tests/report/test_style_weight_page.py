@@ -26,12 +26,10 @@ def test_table_rows():
 
 
 def test_contact_sheet_tiles_the_photo_and_each_result(tmp_path):
-    paths = {}
-    for i, name in enumerate(["photo", *(f"s{k}" for k in range(6))]):
-        paths[name] = tmp_path / f"{name}.png"
-        Image.new("RGB", (20, 20), (i * 30, 0, 0)).save(paths[name])
+    tiles = {name: Image.new("RGB", (20, 20), (i * 30, 0, 0))
+             for i, name in enumerate(["photo", *(f"s{k}" for k in range(6))])}
     out = tmp_path / "sheet.jpg"
-    style_weight.contact_sheet(paths.pop("photo"), paths, out)
+    style_weight.contact_sheet(tiles, out)
     sheet = Image.open(out)
     assert sheet.size == (6 * 20, 2 * (20 + 14))        # 7 tiles in rows of 6
     r, _, _ = sheet.getpixel((20 + 10, 14 + 10))       # second tile: s0
