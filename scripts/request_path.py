@@ -31,18 +31,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Imported by the service process at start-up (as `sitecustomize`): between SIGUSR1 and SIGUSR2,
 # from the moment a connection is made, record the project files of every Python call on any
-# thread, in order of first call; but not the calls of the server's own periodic tick (its main
-# task, `serve`), which runs whether or not a request comes.
+# thread, in order of first call; but not the calls of the background tasks that run whether or
+# not a request comes: the server's own periodic tick (its main task, `serve`) and the job
+# runner's (tasks named job-*, waiting for jobs).
 _HOOK = """
 import asyncio, json, os, signal, sys, threading
 _root, _out = os.environ["TRACE_ROOT"], os.environ["TRACE_OUT"]
 _seen, _state = {}, {"armed": False, "on": False}
-def _server_tick():
+def _background():
     try:
         task = asyncio.current_task()
     except RuntimeError:          # a thread without an event loop: a worker of the request
         return False
-    return task is not None and task.get_coro().__name__ == "serve"
+    return task is not None and (task.get_coro().__name__ == "serve"
+                                 or task.get_name().startswith("job-"))
 def _profile(frame, event, arg):
     if event != "call" or not _state["armed"]:
         return
@@ -51,7 +53,7 @@ def _profile(frame, event, arg):
         _state["on"] = code.co_name == "connection_made"
     name = code.co_filename
     if (_state["on"] and name not in _seen and name.startswith(_root)
-            and "/.venv/" not in name and not _server_tick()):
+            and "/.venv/" not in name and not _background()):
         _seen[name] = None
 def _start(*_):
     _seen.clear()

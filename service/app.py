@@ -12,7 +12,7 @@ from service.errors import install_handlers
 from service.lifecycle import build_services
 from service.middleware import LoadShed, RequestContext, RequestLimits
 from service.ratelimit import RateLimit
-from service.routes import ops, transform, web
+from service.routes import jobs, ops, transform, web
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -33,6 +33,9 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
   parameters.
 * Images whose output is over the tiling threshold run in overlapping, feathered tiles, so
   memory is bounded by the tile size (e.g. 4096x4096 inputs for style).
+* Work a request cannot finish within its time limit (413 `too_slow`) can run as a job:
+  `POST /v1/jobs/stylize` and `POST /v1/jobs/superres` take the same parameters and answer 202;
+  `GET /v1/jobs/{id}` gives the state and progress, then the result's URL.
 * A web page at `/` uploads an image and shows the result; `GET /v1/styles/{name}/thumbnail`
   is a small JPEG of a style's painting.
 * Errors are JSON `{"error": {"code": ..., "message": ...}}`.
@@ -60,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = services
     app.include_router(transform.router)
+    app.include_router(jobs.router)
     app.include_router(ops.router)
     app.include_router(web.router)              # the page at / and style thumbnails
     app.mount("/static", web.static_files(), name="static")

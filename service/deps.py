@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, Header, Query, Request
@@ -17,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from service import errors, styles
 from service.admission import Ticket
 from service.imaging import INPUT_CONTENT_TYPES
-from service.inference import OutputOptions
+from service.inference import OutputOptions, StyleOptions
 from service.lifecycle import Services
 from service.registry import LoadedModel
 from service.styles import StyleChoice
@@ -129,6 +130,31 @@ def negotiate(accept: str | None) -> str:
 
 
 StyleDep = Annotated[StyleChoice, Depends(style_choice)]
+
+
+@dataclass(frozen=True)
+class StyleRequest:
+    model: LoadedModel
+    options: StyleOptions
+
+
+async def style_request(
+    choice: StyleDep,
+    strength: Annotated[float, Query(
+        ge=0, le=1, allow_inf_nan=False,
+        description="how much of the style, 0..1: a pixel-space blend "
+                    "strength * stylised + (1 - strength) * input")] = 1.0,
+    preserve_color: Annotated[bool, Query(
+        description="keep the input's colours: the output's luminance with the input's "
+                    "chroma (YIQ), as in Gatys et al. 2016")] = False,
+) -> StyleRequest:
+    """The network and the style options of a stylize request (synchronous or a job)."""
+    return StyleRequest(choice.model, StyleOptions(strength=strength,
+                                                   preserve_color=preserve_color,
+                                                   mix=choice.mix))
+
+
+StyleRequestDep = Annotated[StyleRequest, Depends(style_request)]
 SuperResDep = Annotated[LoadedModel, Depends(superres_model)]
 OutputDep = Annotated[OutputOptions, Depends(output_options)]
 

@@ -148,6 +148,28 @@ class DeadlineExceeded(ServiceError):
     status, code, reason = 504, "deadline_exceeded", "deadline"
 
 
+class UnknownJob(ServiceError):
+    """No such job for this caller: never submitted, expired, or another key's."""
+
+    status, code, reason = 404, "unknown_job", "not_found"
+
+
+class JobNotDone(ServiceError):
+    status, code, reason = 409, "job_not_done", "not_done"
+
+
+class JobFailed(ServiceError):
+    status, code, reason = 409, "job_failed", "not_done"
+
+
+class JobQueueFull(ServiceError):
+    status, code, reason = 429, "job_queue_full", "queue_full"
+
+
+class JobStoreUnavailable(ServiceError):
+    status, code, reason = 503, "job_store_unavailable", "unavailable"
+
+
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,

@@ -32,7 +32,7 @@ from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
 from service.singleflight import SingleFlight
-from service.tiling import ImageNorm, TileConfig, has_instance_norm, run_tiled_async
+from service.tiling import ImageNorm, Progress, TileConfig, has_instance_norm, run_tiled_async
 
 PIPELINE_VERSION = 4  # bump when decoding/encoding changes the bytes, to invalidate caches
 
@@ -103,8 +103,12 @@ class Inference:
         self.flights: SingleFlight[tuple[bytes, dict[str, float]]] = SingleFlight()
 
     async def transform(self, model: LoadedModel, data: bytes, options: OutputOptions, *,
-                        deadline: float, style: StyleOptions | None = None) -> Outcome:
-        """The encoded output for `data`; identical concurrent requests compute once."""
+                        deadline: float, style: StyleOptions | None = None,
+                        time_limit_s: float | None = None,
+                        progress: Progress | None = None) -> Outcome:
+        """The encoded output for `data`; identical concurrent requests compute once (the
+        first one's `progress` counts the tiles). `time_limit_s`: the longest predicted compute
+        accepted (None: the service's request time limit; jobs have their own)."""
         style = style if model.task == "style" else None
         params: dict[str, object] = {
             "model": model.name, "dtype": model.dtype_name, "format": options.format,
@@ -121,38 +125,58 @@ class Inference:
         if cached is not None:
             return Outcome(cached, options.content_type, "hit")
         (body, timings), shared = await self.flights.do(
-            key, lambda: self._compute(key, model, data, options, deadline, style))
+            key, lambda: self._compute(key, model, data, options, deadline, style,
+                                       time_limit_s, progress or Progress()))
         if shared:
             self.metrics.singleflight_shared.inc()
         return Outcome(body, options.content_type, "hit" if shared else "miss", timings)
 
-    async def _compute(self, key: str, model: LoadedModel, data: bytes, options: OutputOptions,
-                       deadline: float, style: StyleOptions | None
-                       ) -> tuple[bytes, dict[str, float]]:
+    async def check(self, model: LoadedModel, data: bytes, *, time_limit_s: float,
+                    style: StyleOptions | None = None) -> None:
+        """Raise what `transform` would raise before computing whatever the wait: the image
+        cannot be decoded, is over a size limit, would take longer than `time_limit_s`, or
+        would never fit the memory budget (a job's checks at submission)."""
+        prepared = await self._decode(model, data)
+        h, w = prepared.pixels.shape[:2]
+        runs = _runs(model, style)
+        if runs:
+            self._admit_by_time(model, h, w, math.inf, time_limit_s)
+        self.memory.check(self.predicted_bytes(model, h, w, runs),
+                          f"a {prepared.width}x{prepared.height} image on {model.name}")
+
+    async def _decode(self, model: LoadedModel, data: bytes) -> _Prepared:
+        """Decode and pad in the codec pool, after the header's checks."""
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         prepared = await loop.run_in_executor(self.codec_pool, partial(
             _prepare, data, max_pixels=self.max_pixels, scale=model.factor,
             max_output_pixels=self.max_output_pixels, max_decoded_bytes=self.max_decoded_bytes))
+        self.metrics.decode.observe(time.monotonic() - started)
+        return prepared
+
+    async def _compute(self, key: str, model: LoadedModel, data: bytes, options: OutputOptions,
+                       deadline: float, style: StyleOptions | None, time_limit_s: float | None,
+                       progress: Progress) -> tuple[bytes, dict[str, float]]:
+        started = time.monotonic()
+        prepared = await self._decode(model, data)
         decode_s = time.monotonic() - started
-        self.metrics.decode.observe(decode_s)
 
         h, w = prepared.pixels.shape[:2]
-        runs = not (style is not None and style.strength == 0)  # strength 0: no network
+        runs = _runs(model, style)
         if runs:
-            self._admit_by_time(model, h, w, deadline)
+            self._admit_by_time(model, h, w, deadline, time_limit_s or self.time_limit_s)
         async with self.memory.reserve(self.predicted_bytes(model, h, w, runs), deadline,
                                        f"a {prepared.width}x{prepared.height} image on "
                                        f"{model.name}"):
             body, timings = await self._run_and_encode(model, prepared, options, deadline,
-                                                       style if runs else None, runs)
+                                                       style if runs else None, runs, progress)
         await self.cache.set(key, body)
         timings = {"decode": decode_s, **timings}
         return body, timings
 
     async def _run_and_encode(self, model: LoadedModel, prepared: _Prepared,
                               options: OutputOptions, deadline: float,
-                              style: StyleOptions | None, runs: bool
+                              style: StyleOptions | None, runs: bool, progress: Progress
                               ) -> tuple[bytes, dict[str, float]]:
         loop = asyncio.get_running_loop()
         h, w = prepared.pixels.shape[:2]
@@ -165,13 +189,15 @@ class Inference:
         elif self.tiling is not None and self.tiling.applies(h, w, f):
             if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
                 output = await self._run_tiled_image_norm(model, prepared.pixels, mix,
-                                                          deadline, timings)
+                                                          deadline, timings, progress)
             else:
-                output = await self._run_tiled(model, prepared.pixels, mix, deadline, timings)
+                output = await self._run_tiled(model, prepared.pixels, mix, deadline, timings,
+                                               progress)
         else:
             done = await self._submit(model, prepared.pixels, mix, deadline)
             output = done.value
             timings.update(queue=done.queue_s, compute=done.compute_s)
+            progress.done = progress.total = 1
 
         pixels = output[: prepared.height * f, : prepared.width * f]
         content = prepared.pixels[: prepared.height, : prepared.width]
@@ -209,7 +235,7 @@ class Inference:
         return image + compute + 2 * output
 
     def _admit_by_time(self, model: LoadedModel, height: int, width: int,
-                       deadline: float) -> None:
+                       deadline: float, time_limit_s: float) -> None:
         """Refuse at once what the measured speed says cannot finish in time: 413 when the
         compute alone is over the time limit, 503 with Retry-After when the wait so far
         leaves too little of it."""
@@ -218,10 +244,10 @@ class Inference:
         predicted = model.predicted_s(height, width, pixels)
         if predicted is None:
             return
-        if predicted > self.time_limit_s:
+        if predicted > time_limit_s:
             raise errors.TooSlow(
                 f"a {width}x{height} image takes about {predicted:.0f} s on {model.name} on "
-                f"this server ({model.device.type}), over its {self.time_limit_s:g} s limit; "
+                f"this server ({model.device.type}), over its {time_limit_s:g} s limit; "
                 "send a smaller image")
         left = deadline - time.monotonic()
         if predicted > left:
@@ -231,7 +257,8 @@ class Inference:
                 headers={"Retry-After": str(max(1, math.ceil(predicted - left)))})
 
     async def _run_tiled(self, model: LoadedModel, pixels: np.ndarray, mix: np.ndarray | None,
-                         deadline: float, timings: dict[str, float]) -> np.ndarray:
+                         deadline: float, timings: dict[str, float], progress: Progress
+                         ) -> np.ndarray:
         """`pixels` through the batcher tile by tile, at low priority (small requests go
         first). The deadline bounds the wait of the first tile only: once the computation has
         started, the request is not abandoned."""
@@ -250,14 +277,15 @@ class Inference:
 
         output = await run_tiled_async(pixels, submit, tile=size, overlap=overlap,
                                        factor=model.factor, window=self.tiling.batch_size,
-                                       executor=self.codec_pool)
+                                       executor=self.codec_pool, progress=progress)
         assert queue_s is not None
         timings.update(queue=queue_s, compute=time.monotonic() - started - queue_s)
         return output
 
     async def _run_tiled_image_norm(self, model: LoadedModel, pixels: np.ndarray,
                                     mix: np.ndarray | None, deadline: float,
-                                    timings: dict[str, float]) -> np.ndarray:
+                                    timings: dict[str, float], progress: Progress
+                                    ) -> np.ndarray:
         """`pixels` in tiles with the whole image's instance-norm statistics (tiling.ImageNorm)
         on the image-norm thread. The deadline bounds the wait for that thread; a client that
         goes away stops the job before its next forward pass."""
@@ -277,7 +305,8 @@ class Inference:
                 self._image_norms[key] = ImageNorm(model.module, model.device, model.dtype)
             output = self._image_norms[key].run_tiled(
                 pixels, tile=size, overlap=overlap, factor=model.factor, batch_size=batch_size,
-                should_stop=stop.is_set, busy=lambda: self.batcher.normal_pending, mix=mix)
+                should_stop=stop.is_set, busy=lambda: self.batcher.normal_pending, mix=mix,
+                progress=progress)
             return output, started
 
         loop = asyncio.get_running_loop()
@@ -306,6 +335,11 @@ class Inference:
                                              deadline=deadline, cost=h * w, low=low)
         except Exception as e:
             raise _service_error(model, e) from (None if _is_expected(e) else e)
+
+
+def _runs(model: LoadedModel, style: StyleOptions | None) -> bool:
+    """Whether the network runs at all (strength 0: the output is the input)."""
+    return not (model.task == "style" and style is not None and style.strength == 0)
 
 
 def _is_expected(e: BaseException) -> bool:

@@ -23,6 +23,8 @@ from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
 from service.inference import Inference
+from service.job_runner import JobRunner
+from service.jobs import JobStore, MemoryJobs, RedisJobs
 from service.memory import MemoryBudget
 from service.metrics import BatchMetrics, Metrics
 from service.policy_store import PolicyStore
@@ -50,7 +52,9 @@ class Services:
     limiter: Limiter | None       # per-caller rate limit; None: no limit
     inference: Inference
     codec_pool: ThreadPoolExecutor
+    jobs: JobRunner
     redis: Redis | None = None    # the one client (and pool) of the cache and the rate limit
+    jobs_redis: Redis | None = None   # the jobs', with a timeout for moving whole images
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _device_check: asyncio.Future[None] | None = field(default=None, repr=False)
@@ -122,6 +126,7 @@ class Services:
         gc.collect()
         gc.freeze()
         self.admission.mark_ready()
+        self.jobs.start()
         log.info("ready: %d models on %s in %.2fs", len(models), self.registry.device,
                  time.monotonic() - started)
 
@@ -161,15 +166,17 @@ class Services:
         for task in (self._loader, self._refresher):
             if task is not None and not task.done():
                 task.cancel()
+        await self.jobs.stop()
         await self.batcher.close(self.settings.drain_timeout_s)
         await self.cache.close()
         if self.limiter is not None:
             await self.limiter.close()
-        if self.redis is not None:
-            try:
-                await self.redis.aclose()
-            except Exception as e:
-                log.warning("closing the redis client failed: %s", e)
+        for client in (self.redis, self.jobs_redis):
+            if client is not None:
+                try:
+                    await client.aclose()
+                except Exception as e:
+                    log.warning("closing a redis client failed: %s", e)
         self.inference.close()
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -245,5 +252,14 @@ def build_services(settings: Settings) -> Services:
                           max_decoded_bytes=settings.max_decoded_bytes, tiling=tiling,
                           threads=registry.threads, time_limit_s=settings.request_timeout_s,
                           memory=MemoryBudget(settings.memory_budget_bytes))
+    jobs_redis = (connect_redis(settings.redis_url, settings.job_redis_timeout_s)
+                  if settings.redis_url else None)
+    store: JobStore = (
+        RedisJobs(jobs_redis, limit=settings.job_queue_limit, ttl_s=settings.job_ttl_s,
+                  prefix=settings.redis_key_prefix) if jobs_redis is not None
+        else MemoryJobs(limit=settings.job_queue_limit, ttl_s=settings.job_ttl_s,
+                        max_result_bytes=settings.job_results_bytes))
+    jobs = JobRunner(store, inference, registry, metrics, workers=settings.job_workers,
+                     timeout_s=settings.job_timeout_s, lease_s=settings.job_lease_s)
     return Services(settings, metrics, admission, registry, batcher, cache, limiter, inference,
-                    codec_pool, redis)
+                    codec_pool, jobs, redis, jobs_redis)

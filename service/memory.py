@@ -26,17 +26,21 @@ class MemoryBudget:
         self.used = 0
         self._freed = asyncio.Condition()
 
+    def check(self, nbytes: int, what: str) -> None:
+        """Refuse (413) what could never fit, however long it waited."""
+        if self.limit is not None and nbytes > self.limit:
+            raise errors.ImageTooLarge(
+                f"{what} needs about {nbytes / MiB:,.0f} MiB of memory, over this server's "
+                f"{self.limit / MiB:,.0f} MiB budget; send a smaller image")
+
     @contextlib.asynccontextmanager
     async def reserve(self, nbytes: int, deadline: float, what: str) -> AsyncIterator[None]:
         """Hold `nbytes` of the budget for the block; `what` names the request in errors."""
+        self.check(nbytes, what)
         limit = self.limit
         if limit is None:
             yield
             return
-        if nbytes > limit:
-            raise errors.ImageTooLarge(
-                f"{what} needs about {nbytes / MiB:,.0f} MiB of memory, over this server's "
-                f"{limit / MiB:,.0f} MiB budget; send a smaller image")
         async with self._freed:
             try:
                 await asyncio.wait_for(

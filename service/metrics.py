@@ -76,6 +76,10 @@ class Metrics:
             "service_model_reloads_total", "Model versions picked up while serving, by result "
             "(added, replaced, removed, refused: failed its check, the old version serves)",
             ["result"], registry=r)
+        self.jobs = Counter(
+            "service_jobs_total", "Jobs by kind and what happened: submitted, done, failed, "
+            "requeued (its replica stopped renewing the lease; kind not known then)",
+            ["kind", "result"], registry=r)
         self.gpu_memory = Gauge(
             "service_gpu_memory_bytes", "GPU memory allocated by torch",
             multiprocess_mode="livesum", registry=r)

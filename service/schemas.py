@@ -85,3 +85,22 @@ class Readiness(BaseModel):
     status: str = Field(description="starting, ready, draining or failed")
     models: int
     error: str | None = None
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="tile passes computed (an image in one pass: 1 of 1)")
+    total: int = Field(description="tile passes in all; 0 until the job starts")
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: str = Field(description="stylize or superres")
+    state: str = Field(description="queued, running, done or failed")
+    progress: JobProgress
+    created: str = Field(description="ISO 8601, UTC")
+    started: str | None = Field(description="of the current attempt")
+    finished: str | None
+    attempts: int = Field(description="times a replica started it: more than 1 after one died")
+    error: ErrorBody | None = Field(description="why it failed")
+    url: str = Field(description="this status")
+    result: str | None = Field(description="where the output image is, once done")

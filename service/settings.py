@@ -165,6 +165,26 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.25, gt=0)
     redis_key_prefix: str = "pst:v1:"
 
+    # Jobs: work past the request time limit, fetched later (service/job_runner.py)
+    job_timeout_s: float = Field(
+        900.0, gt=0, description="a job must finish within this; one predicted to compute "
+                                 "longer is refused when submitted (413 too_slow)")
+    job_queue_limit: int = Field(16, ge=1, description="jobs queued or running, across "
+                                                       "replicas with Redis; more: 429")
+    job_workers: int = Field(1, ge=1, le=16, description="jobs run at once by each process")
+    job_ttl_s: int = Field(3600, ge=1, description="a job and its result are kept this long "
+                                                   "after they last changed")
+    job_lease_s: float = Field(
+        30.0, gt=0, description="a running job's replica renews its claim every third of "
+                                "this; a claim not renewed for this long (the replica died) "
+                                "puts the job back in the queue for another")
+    job_results_bytes: int = Field(512 * MiB, ge=1, description="results kept in process "
+                                                                "(without Redis), oldest "
+                                                                "dropped first")
+    job_redis_timeout_s: float = Field(
+        10.0, gt=0, description="Redis calls of the jobs, which move inputs and results of "
+                                "up to the size limits")
+
     # Processes
     workers: int = Field(1, ge=1, le=64, description="HTTP worker processes on the one port, "
                                                      "each with its own models, batcher, "

@@ -54,6 +54,15 @@ import torch.nn.functional as F
 from torch import nn
 
 NormStats = Literal["image", "tile"]
+
+
+@dataclass
+class Progress:
+    """Tile passes done out of the total: written by whichever thread runs them, read by a job's
+    heartbeat (service/job_runner.py). An image in one pass is one of one."""
+
+    done: int = 0
+    total: int = 1
 _EDGE_WEIGHT = 1e-3   # weight of the ignored outer part of an overlap (never 0: see feather)
 YIELD_S = 0.02        # the longest a background forward pass steps aside for other work
 
@@ -240,7 +249,8 @@ def run_tiled(image: np.ndarray, run: Callable[[list[np.ndarray]], Sequence[np.n
 async def run_tiled_async(image: np.ndarray,
                           submit: Callable[[np.ndarray], Awaitable[np.ndarray]], *,
                           tile: int, overlap: int, factor: int = 1, window: int = 8,
-                          executor: Executor | None = None) -> np.ndarray:
+                          executor: Executor | None = None,
+                          progress: Progress | None = None) -> np.ndarray:
     """Like `run_tiled`, with `submit(tile) -> output` awaited for one tile at a time (e.g. a
     dynamic batcher, which batches the tiles that are queued together).
 
@@ -248,15 +258,19 @@ async def run_tiled_async(image: np.ndarray,
     caller can put its deadline on that one call); then up to `window` tiles are in flight at
     once, which bounds both the queue slots taken and the outputs waiting to be stitched.
     Stitching runs in `executor` (None: the loop's default), not on the event loop.
-    Cancelling the caller cancels every tile still in flight.
+    Cancelling the caller cancels every tile still in flight. `progress` counts the tiles
+    stitched.
     """
     loop = asyncio.get_running_loop()
     plan = TilePlan.make(image.shape[0], image.shape[1], tile=tile, overlap=overlap,
                          factor=factor)
     stitcher = Stitcher(plan, image.shape[2])
+    progress = progress or Progress()
+    progress.done, progress.total = 0, len(plan)
 
     async def stitch(index: int, out: np.ndarray) -> None:
         await loop.run_in_executor(executor, stitcher.add, index, out)
+        progress.done += 1
 
     await stitch(0, await submit(plan.crop(image, 0)))
     in_flight: dict[int, asyncio.Future[np.ndarray]] = {}
@@ -303,6 +317,7 @@ class ImageNorm:
         self.norms = [m for m in self.module.modules() if isinstance(m, nn.InstanceNorm2d)]
         self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mix: torch.Tensor | None = None   # (1, S): a multi-style network's weights
+        self.progress = Progress()             # tile passes, measuring ones included
         for norm in self.norms:
             norm.register_forward_hook(self._normalise)
 
@@ -324,9 +339,12 @@ class ImageNorm:
         base path runs it (device, dtype, the contiguous layout, [0, 1])."""
         x = torch.from_numpy(np.stack(tiles)).to(self.device).permute(0, 3, 1, 2)
         x = (x.to(self.dtype) / 255).contiguous()
-        if self.mix is None:
-            return self.module(x)
-        return self.module(x, self.mix.expand(len(tiles), -1))
+        try:
+            if self.mix is None:
+                return self.module(x)
+            return self.module(x, self.mix.expand(len(tiles), -1))
+        finally:   # a measuring pass ends early, by an exception
+            self.progress.done += len(tiles)
 
     def run(self, tiles: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 tiles in, uint8 outputs out, with the statistics set by `measure`."""
@@ -379,13 +397,17 @@ class ImageNorm:
     def run_tiled(self, image: np.ndarray, *, tile: int, overlap: int, factor: int = 1,
                   batch_size: int = 1, should_stop: Callable[[], bool] = lambda: False,
                   busy: Callable[[], bool] = lambda: False, yield_s: float = YIELD_S,
-                  mix: np.ndarray | None = None) -> np.ndarray:
+                  mix: np.ndarray | None = None, progress: Progress | None = None
+                  ) -> np.ndarray:
         """Measure the whole-image statistics, then run the tiles with them. Before every
         forward pass it waits while `busy()` (normal requests first), at most `yield_s`, then
         asks `should_stop` (a client that went away stops a long job). `mix`: a multi-style
-        network's (S,) style weights for the image."""
+        network's (S,) style weights for the image. `progress` counts the tile passes: one per
+        normalisation layer to measure, and the last."""
         plan = TilePlan.make(image.shape[0], image.shape[1], tile=tile, overlap=overlap,
                              factor=factor)
+        self.progress = progress or Progress()
+        self.progress.done, self.progress.total = 0, len(plan) * (len(self.norms) + 1)
 
         def before_pass() -> bool:
             """Whether to stop, after stepping aside for other work."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from service.deps import (
     OutputDep,
     ServicesDep,
-    StyleDep,
+    StyleRequestDep,
     SuperResDep,
     TicketDep,
     read_image,
@@ -53,21 +53,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.post("/stylize", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,
              summary="Stylise an image")
-async def stylize(
-    ticket: TicketDep, choice: StyleDep, options: OutputDep, request: Request,
-    services: ServicesDep,
-    strength: Annotated[float, Query(
-        ge=0, le=1, allow_inf_nan=False,
-        description="how much of the style, 0..1: a pixel-space blend "
-                    "strength * stylised + (1 - strength) * input")] = 1.0,
-    preserve_color: Annotated[bool, Query(
-        description="keep the input's colours: the output's luminance with the input's "
-                    "chroma (YIQ), as in Gatys et al. 2016")] = False,
-) -> Response:
+async def stylize(ticket: TicketDep, style: StyleRequestDep, options: OutputDep,
+                  request: Request, services: ServicesDep) -> Response:
     """Apply the style (or blend of styles) `style` to the image in the body; the output has
     its size. Images over the tiling threshold are stylised in overlapping tiles."""
-    style = StyleOptions(strength=strength, preserve_color=preserve_color, mix=choice.mix)
-    return await _transform(request, services, choice.model, options, ticket.deadline, style)
+    return await _transform(request, services, style.model, options, ticket.deadline,
+                            style.options)
 
 
 @router.post("/superres", response_class=Response, responses=RESPONSES, openapi_extra=IMAGE_BODY,

@@ -1,5 +1,6 @@
 // The page at /: pick an image and a transform, POST it, show before/after, offer a download.
-// Plain browser JavaScript, no build step and nothing from outside this service.
+// Work the service says is too slow for a request (413 too_slow) goes again as a job, with a
+// progress bar. Plain browser JavaScript, no build step and nothing from outside this service.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +10,7 @@ const ui = {
   styleOptions: $("style-options"), superresOptions: $("superres-options"),
   strength: $("strength"), strengthValue: $("strength-value"), preserveColor: $("preserve-color"),
   apiKey: $("api-key"), submit: $("submit"), status: $("status"), error: $("error"),
+  progress: $("progress"),
   resultBox: $("result-box"), compare: $("compare"), before: $("before"), result: $("result"),
   split: $("split"), download: $("download"), resultInfo: $("result-info"),
 };
@@ -26,14 +28,50 @@ function showError(text) {
 }
 
 // The service answers errors as {"error": {"code", "message"}}; anything else is shown as is.
-async function errorText(response) {
+async function errorOf(response) {
   try {
     const body = await response.json();
     if (body && body.error && body.error.message) {
-      return `${body.error.message} (${response.status} ${body.error.code})`;
+      return { code: body.error.code,
+               text: `${body.error.message} (${response.status} ${body.error.code})` };
     }
   } catch (_) { /* not JSON */ }
-  return `the service answered ${response.status} ${response.statusText}`;
+  return { code: null, text: `the service answered ${response.status} ${response.statusText}` };
+}
+
+async function errorText(response) {
+  return (await errorOf(response)).text;
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+// POST /v1/jobs/..., then its status every half second (the bar shows the tiles done) until
+// it is done; the result, or an Error saying why not.
+async function runAsJob(url, body) {
+  const submitted = await fetch(url.replace("/v1/", "/v1/jobs/"),
+    { method: "POST", body, headers: headers() });
+  if (!submitted.ok) throw new Error(await errorText(submitted));
+  let job = await submitted.json();
+  ui.progress.hidden = false;
+  ui.progress.removeAttribute("value");               // indeterminate while queued
+  while (job.state === "queued" || job.state === "running") {
+    if (job.progress.total) {
+      ui.progress.max = job.progress.total;
+      ui.progress.value = job.progress.done;
+      ui.status.textContent = `Working as a job: ${job.progress.done} of ` +
+        `${job.progress.total} tiles.`;
+    } else {
+      ui.status.textContent = "Queued as a job…";
+    }
+    await sleep(500);
+    const polled = await fetch(job.url, { headers: headers() });
+    if (!polled.ok) throw new Error(await errorText(polled));
+    job = await polled.json();
+  }
+  if (job.state === "failed") throw new Error(`${job.error.message} (${job.error.code})`);
+  const result = await fetch(job.result, { headers: headers() });
+  if (!result.ok) throw new Error(await errorText(result));
+  return result;
 }
 
 function setObjectUrl(which, blob) {
@@ -156,11 +194,15 @@ async function transform(event) {
   ui.status.textContent = "Working…";
   const started = performance.now();
   try {
-    const response = await fetch(url, { method: "POST", body, headers: headers() });
+    let response = await fetch(url, { method: "POST", body, headers: headers() });
     if (!response.ok) {
-      showError(`The image could not be transformed: ${await errorText(response)}`);
-      ui.status.textContent = "";
-      return;
+      const error = await errorOf(response);
+      if (error.code !== "too_slow") {
+        showError(`The image could not be transformed: ${error.text}`);
+        ui.status.textContent = "";
+        return;
+      }
+      response = await runAsJob(url, body);
     }
     const blob = await response.blob();
     await showResult(blob, response, (performance.now() - started) / 1000);
@@ -169,6 +211,7 @@ async function transform(event) {
     ui.status.textContent = "";
   } finally {
     ui.submit.disabled = false;
+    ui.progress.hidden = true;
   }
 }
 

@@ -75,7 +75,7 @@ async def test_work_that_waited_too_long_gets_503_with_retry_after(make_settings
         model.policy = measured({1: 1000.0})                      # 4 s for 64x64: fits in 5
         inference = r.services.inference
         with pytest.raises(errors.WouldMissDeadline) as e:        # admitted 2 s ago
-            inference._admit_by_time(model, 64, 64, deadline=time.monotonic() + 3)
+            inference._admit_by_time(model, 64, 64, time.monotonic() + 3, time_limit_s=5)
         assert e.value.status == 503 and e.value.code == "would_miss_deadline"
         assert e.value.headers["Retry-After"] == "2"
-        inference._admit_by_time(model, 64, 64, deadline=time.monotonic() + 4.5)   # fits
+        inference._admit_by_time(model, 64, 64, time.monotonic() + 4.5, time_limit_s=5)  # fits

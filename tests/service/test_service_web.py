@@ -14,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from PIL import Image
 
 from service.app import create_app
+from service.policy import ModelPolicy, SizeChoice
 from service.settings import Settings
 from tests.helpers import images
-from tests.helpers.models import make_multistyle_store
+from tests.helpers.models import hold, make_multistyle_store
 from tests.helpers.server import running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,10 +91,11 @@ def served(make_settings, paintings: Path) -> Iterator[str]:  # noqa: ANN001
 
 
 @contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[str]:
-    """The app under uvicorn on 127.0.0.1:<free port> in a thread (Playwright's sync API
-    cannot run inside the test's event loop), models loaded; yields the base URL."""
-    app = create_app(settings)
+def serve(settings: Settings, app: FastAPI | None = None) -> Iterator[str]:
+    """The app (`create_app(settings)` unless given) under uvicorn on 127.0.0.1:<free port> in
+    a thread (Playwright's sync API cannot run inside the test's event loop), models loaded;
+    yields the base URL."""
+    app = app or create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -208,3 +211,33 @@ def test_page_offers_the_styles_a_multistyle_network_holds(make_settings, tmp_pa
         page.wait_for_function("document.getElementById('result').naturalWidth > 0")
         assert page.evaluate(NATURAL_SIZE) == [40, 32]
         assert not page.locator("#error").is_visible()
+
+
+@needs_chromium
+def test_page_runs_work_too_slow_for_a_request_as_a_job_with_a_progress_bar(
+        make_settings, tmp_path: Path) -> None:  # noqa: ANN001
+    """The service predicts 8 s for the image, over the request's 5 s: the page gets 413
+    too_slow, submits a job, shows the bar while it runs, then the result."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(images.png(64, 48, seed=3))
+    settings = make_settings(models=["udnie"], request_timeout_s=5, job_timeout_s=60)
+    app = create_app(settings)
+    with serve(settings, app) as url, browser_page(url) as page:
+        services = app.state.services
+        services.registry.get("udnie").policy = ModelPolicy(
+            "measured", [SizeChoice(32, "base", 4, {1: 2500.0})], SizeChoice(0, "base", 4))
+        gate = hold(services, "udnie")
+        page.wait_for_selector("#styles input[value=udnie]", state="attached")
+        page.set_input_files("#file", str(photo))
+        page.get_by_label("udnie").check()
+        page.get_by_role("button", name="Transform").click()
+        page.locator("#progress").wait_for(state="visible")
+        assert gate.entered.wait(15)                   # the job is running, held at the gate
+        page.wait_for_function("document.getElementById('status').textContent"
+                               ".includes('as a job')")
+        gate.release.set()
+        page.wait_for_function("document.getElementById('result').naturalWidth > 0")
+        assert page.evaluate(NATURAL_SIZE) == [64, 48]
+        assert not page.locator("#progress").is_visible()
+        assert not page.locator("#error").is_visible()
+        assert page.locator("#status").inner_text() == "Done."
