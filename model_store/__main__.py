@@ -1,4 +1,5 @@
-"""python -m model_store {list,validate,export-onnx}: inspect, check and convert stored models."""
+"""python -m model_store {list,validate,export-onnx,painting}: inspect, check and convert stored
+models, and keep a style's painting with it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 from model_store.errors import StoreError
-from model_store.store import SHIPPED_ROOT, WEIGHTS, ModelStore
+from model_store.store import PAINTING, SHIPPED_ROOT, WEIGHTS, ModelStore
 
 
 def human_size(n: int) -> str:
@@ -78,6 +79,22 @@ def cmd_export_onnx(store: ModelStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_painting(store: ModelStore, args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if store.manifest(args.name).task != "style":
+            print(f"{args.name} is not a style model", file=sys.stderr)
+            return 1
+        with Image.open(args.image) as im:
+            size = store.save_painting(args.name, im)
+    except (StoreError, OSError, UnidentifiedImageError) as e:
+        print(f"cannot keep the painting of {args.name}: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {store.root / args.name / PAINTING} ({human_size(size)})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from model_store.onnx_export import DEFAULT_OPSET
 
@@ -101,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the onnxruntime-vs-torch check on several sizes")
     p.set_defaults(run=cmd_export_onnx)
+    p = sub.add_parser("painting", parents=[common], formatter_class=fmt,
+                       help="keep a style's painting with it (a small JPEG, for the web page "
+                            "and the service's reload gate)")
+    p.add_argument("name", help="the style model")
+    p.add_argument("image", help="the painting's image file")
+    p.set_defaults(run=cmd_painting)
     return parser
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,6 +21,8 @@ from nets.architectures import build
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
+PAINTING = "painting.jpg"
+PAINTING_SIDE = 256   # as the style networks see it in training (their Gram targets' size)
 SHIPPED_ROOT = Path(__file__).resolve().parent
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
@@ -103,6 +107,24 @@ class ModelStore:
                             options=options, sha256=sha256_file(path / WEIGHTS), **fields)
         (path / MANIFEST).write_text(manifest.to_json())
         return manifest
+
+    def painting(self, name: str) -> bytes | None:
+        """The JPEG of a style's painting kept with its model, or None: the web page shows it,
+        and the service's reload gate measures the model's outputs against it."""
+        path = self._dir(name) / PAINTING
+        return path.read_bytes() if path.is_file() else None
+
+    def save_painting(self, name: str, painting: Image.Image) -> int:
+        """Keep the painting with the model `name`, its longer side PAINTING_SIDE (a JPEG of
+        some 20-40 KB); returns its size in bytes."""
+        im = painting.convert("RGB")
+        scale = PAINTING_SIDE / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                       Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85, optimize=True)
+        (self._dir(name) / PAINTING).write_bytes(buf.getvalue())
+        return len(buf.getvalue())
 
     def update_metrics(self, name: str, metrics: dict[str, Any]) -> Manifest:
         """Merge evaluation results into a model's manifest."""

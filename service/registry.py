@@ -36,7 +36,7 @@ from torch import nn
 
 from model_store import Manifest, ModelStore
 from nets.device import resolve_device
-from service import execution, policy_store
+from service import execution, policy_store, quality
 from service import policy as policies
 from service.activations import INDEX_LIMIT, ActivationSizes, batch_limit
 from service.policy import ModelPolicy
@@ -54,11 +54,12 @@ def architecture(manifest: Manifest) -> str:
     return json.dumps([manifest.architecture, manifest.options], sort_keys=True)
 
 
-def check(model: LoadedModel) -> str | None:
+def check(model: LoadedModel, painting: bytes | None = None) -> str | None:
     """Why a freshly loaded model must not take traffic, or None: its output on a test image
     must be finite, and in reduced precision within the error its manifest records against the
     same weights in float32 (plus a grey level: the test image is not the images it was
-    recorded on)."""
+    recorded on); then it must pass its task's quality gate (service/quality.py), a style
+    network against its `painting` when the store keeps one."""
     x = policies.test_image(4 * MIN_SIDE_PX).to(model.device)
     mix = (torch.full((1, len(model.styles)), 1 / len(model.styles), device=model.device)
            if model.styles else None)
@@ -74,7 +75,7 @@ def check(model: LoadedModel) -> str | None:
         if error > recorded + 1:
             return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
                     f"over the {recorded:.2f} its manifest records")
-    return None
+    return quality.check(model, painting)
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -320,7 +321,7 @@ class Registry:
                         self.refused.pop(name, None)    # the store is back to what serves
                         continue
                     model = self._load(name, environment)
-                    problem = check(model)
+                    problem = check(model, self.store.painting(name))
                 except Exception as e:   # a broken file is refused like a failed check
                     digest, problem = "", f"{type(e).__name__}: {e}"
                 if problem is not None:

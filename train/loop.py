@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -44,6 +45,7 @@ class Parts:
     options: dict             # its arguments
     loss_network: str
     factor: int | None = None
+    painting: str = ""        # a style's painting, kept with the model (model_store.PAINTING)
 
 
 @dataclass
@@ -180,9 +182,14 @@ def store_result(cfg: TrainConfig, parts: Parts, result: Result, device: torch.d
         "torch": torch.__version__,
     }
     dtype = {"float16": torch.float16, "float32": torch.float32}[cfg.save_dtype]
-    return ModelStore(cfg.store).save(
+    store = ModelStore(cfg.store)
+    manifest = store.save(
         parts.net.float().eval(), name=parts.name, task=parts.task,
         architecture=parts.architecture, options=parts.options, dtype=dtype, factor=parts.factor,
         loss_network=parts.loss_network, training=training,
         iterations=result.steps + (init_from or {}).get("iterations", 0),
         final_losses={k: round(v, 6) for k, v in result.losses.items()})
+    if parts.painting:
+        with Image.open(parts.painting) as painting:
+            store.save_painting(parts.name, painting)
+    return manifest

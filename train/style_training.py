@@ -101,4 +101,4 @@ def build(cfg: StyleConfig, device: torch.device) -> loop.Parts:
         sample=lambda g: data.random_crops(images, cfg.batch_size,
                                            cfg.crop_size or cfg.image_size, g),
         data_images=len(images), task="style", architecture="style", options=options,
-        loss_network=f"{vgg.kind}-imagenet")
+        loss_network=f"{vgg.kind}-imagenet", painting=cfg.style_image)

@@ -13,6 +13,8 @@ Runs `python -m service` as a child process on 127.0.0.1 (so that its RSS is its
                 in-process, with the shipped network behind a fault-injecting wrapper);
                 clients disconnecting in bulk; SIGTERM under load
   soak          mixed load for --soak-s seconds: RSS growth after warm-up, errors
+  oversized     at the service's default limits, the largest requests (1024x1024 at x8, ...)
+                and one as a job: answer, seconds, and peak RSS over the idle peak (<= 1 GiB)
 
 Every load goes to 127.0.0.1 only, is bounded in count and time, and stops by itself. Writes
 bench/results/reliability[-quick].json and .md. Linux only (/proc).
@@ -35,6 +37,7 @@ from bench.machine import describe
 from bench.reliability.corpus import run_corpus
 from bench.reliability.faults import guarded, run_faults
 from bench.reliability.overload import run_overload
+from bench.reliability.oversized import run_oversized
 from bench.reliability.process import LIMITS
 from bench.reliability.report import markdown
 from bench.reliability.schemathesis_run import run_schemathesis
@@ -62,7 +65,7 @@ def load_average() -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sections = args.only.split(",") if args.only else ["corpus", "schemathesis", "overload",
-                                                        "faults", "soak"]
+                                                        "faults", "soak", "oversized"]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     report: dict[str, Any] = {
         "quick": args.quick, "machine": describe(), "load_before": load_average(),
@@ -74,7 +77,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
              "schemathesis": lambda: run_schemathesis(log_dir, args.quick),
              "overload": lambda: run_overload(log_dir, args.quick, overload_s),
              "faults": lambda: run_faults(log_dir, args.quick),
-             "soak": lambda: run_soak(log_dir, soak_s)}
+             "soak": lambda: run_soak(log_dir, soak_s),
+             "oversized": lambda: run_oversized(log_dir, args.quick)}
     for name in sections:
         print(f"{name} (load average {load_average()})", flush=True)
         started = time.monotonic()
@@ -93,7 +97,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--overload-s", type=float, default=None,
                         help="seconds at 10x capacity (default 60)")
     parser.add_argument("--only", help="comma-separated sections: corpus, schemathesis, "
-                                       "overload, faults, soak")
+                                       "overload, faults, soak, oversized")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))
@@ -111,8 +115,8 @@ def main(argv: list[str]) -> int:
 
 def verdict(report: dict[str, Any]) -> bool:
     """True when every section that ran met its claim (an error in a section fails it)."""
-    sections = [report[k] for k in ("corpus", "schemathesis", "overload", "faults", "soak")
-                if k in report]
+    sections = [report[k] for k in ("corpus", "schemathesis", "overload", "faults", "soak",
+                                    "oversized") if k in report]
     faults = report.get("faults", {})
     if any("error" in x for x in [*sections, *(v for v in faults.values()
                                                  if isinstance(v, dict))]):
@@ -134,4 +138,6 @@ def verdict(report: dict[str, Any]) -> bool:
                    f["sigterm"]["exit_code"] == 0, f["sigterm"]["every_admitted_completed"]]
     if k := report.get("soak"):
         checks += [not k["unexpected"], k["rss_growth_after_warmup_pct"] < 5]
+    if v := report.get("oversized"):
+        checks += [v["within_budget"], v["no_5xx"]]
     return all(checks)

@@ -10,7 +10,7 @@ from bench.reliability.process import SR_MODEL, STYLE
 def markdown(report: dict[str, Any], passed: bool) -> str:
     report = dict(report)
     errors = []
-    for name in ("corpus", "schemathesis", "overload", "faults", "soak"):
+    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "oversized"):
         section = report.get(name)
         if isinstance(section, dict) and "error" in section:
             errors.append(f"- **{name}** stopped with an error:\n\n```\n{section['error']}```")
@@ -133,6 +133,22 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"{k['rss_after_warmup_mib']} MiB after the {k['warmup_s']:g} s warm-up, "
                   f"{k['rss_end_mib']} MiB at the end (peak {k['rss_peak_mib']}): growth after "
                   f"warm-up {k['rss_growth_after_warmup_pct']} %.", ""]
+    v = report.get("oversized")
+    if v:
+        lines += ["## Oversized work at the default limits", "",
+                  f"The largest requests the service's default limits allow, and one as a job "
+                  f"(models {STYLE}, sr_x4, sr_x8). Idle peak RSS {v['idle_peak_rss_mib']} MiB; "
+                  f"the most any case added to it: {v['peak_over_idle_max_mib']} MiB (at most "
+                  f"{v['max_over_idle_mib']}: {v['within_budget']}); no 5xx: {v['no_5xx']}.", "",
+                  "| case | input | answer | s | peak RSS MiB | over idle MiB |",
+                  "| --- | --- | --- | ---: | ---: | ---: |"]
+        for r in v["rows"]:
+            answer = f"{r['status']} {r['code'] or ''}".strip()
+            if "progress" in r:
+                answer += f" ({r['progress']['done']}/{r['progress']['total']} tiles)"
+            lines.append(f"| {r['name']} | {r['input']} | {answer} | {r['seconds']} | "
+                         f"{r['peak_rss_mib']} | {r['peak_over_idle_mib']} |")
+        lines.append("")
     if errors:
         lines += ["## Errors", "", *errors, ""]
     lines += [f"Verdict: {'every claim held' if passed else 'NOT every claim held (see above)'}.",

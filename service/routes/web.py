@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
+from model_store import ModelStore, StoreError
 from service import errors
 from service.deps import ServicesDep
 from service.schemas import ErrorResponse
@@ -47,18 +48,23 @@ async def index() -> FileResponse:
                              "description": "unknown style, or no painting for it"}})
 def thumbnail(name: Annotated[str, PathParam(min_length=1, max_length=64)],
               services: ServicesDep) -> Response:
-    """The painting the style network was trained on, at most 160 px a side. (A plain `def`:
-    FastAPI runs it in a thread, so the first decode of a painting never blocks the loop.)"""
+    """The painting the style network was trained on, at most 160 px a side: the one the store
+    keeps with the model, else `SERVICE_STYLE_IMAGES_DIR`'s. (A plain `def`: FastAPI runs it in
+    a thread, so the first decode of a painting never blocks the loop.)"""
     available = services.registry.styles()     # a multi-style network's styles included
     if name not in available:
         raise errors.UnknownModel(f"unknown style {name!r}; available: "
                                   f"{', '.join(available) or 'none'}")
     style = available[available.index(name)]   # a loaded style's name, not the client's text
+    kept = kept_painting(services.registry.store, style)
     painting = find_painting(services.settings.style_images_dir, style)
-    if painting is None:
+    if kept is not None:
+        body = _thumbnail(kept)
+    elif painting is not None:
+        body = _thumbnail(painting, painting.stat().st_mtime_ns)
+    else:
         return errors.error_response(404, "no_thumbnail",
                                      f"no painting for style {name!r} is configured")
-    body = _thumbnail(painting, painting.stat().st_mtime_ns)
     return Response(body, media_type="image/jpeg",
                     headers={"Cache-Control": "public, max-age=86400"})
 
@@ -75,11 +81,20 @@ def find_painting(folder: Path | None, style: str) -> Path | None:
     return None
 
 
+def kept_painting(store: ModelStore, style: str) -> bytes | None:
+    """The painting the store keeps with the model `style` (None for a multi-style network's
+    style, which has no folder of its own)."""
+    try:
+        return store.painting(style)
+    except StoreError:
+        return None
+
+
 @lru_cache(maxsize=64)
-def _thumbnail(path: Path, mtime_ns: int) -> bytes:
-    """The JPEG thumbnail of `path`, cached per file version (mtime is part of the key)."""
+def _thumbnail(source: Path | bytes, version: int = 0) -> bytes:
+    """The JPEG thumbnail of a file (cached per `version`, its mtime) or of an image's bytes."""
     im: Image.Image   # the opened file, then converted copies of it
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))   # JPEG: decode at a reduced size
         im = im.convert("RGB")
         im.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)

@@ -1,7 +1,8 @@
-"""`python -m model_store list|validate` on a temporary store."""
+"""`python -m model_store list|validate|painting` on a temporary store."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,27 @@ def test_validate_fails_on_missing_weights_in_a_subprocess(store):
 def test_validate_unknown_name(store, capsys):
     assert main(["validate", "nope", "--store", str(store.root)]) == 1
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_painting_is_kept_small_with_a_style_model(tmp_path, capsys):
+    from PIL import Image
+
+    from nets.style_net import StyleNet
+
+    store = ModelStore(tmp_path / "store")
+    store.save(StyleNet(norm="instance"), name="wave", task="style", architecture="style",
+               options={"norm": "instance"})
+    store.save(SuperResNet(4, norm="none"), name="sr", task="superres", architecture="superres",
+               options={"factor": 4, "norm": "none"}, factor=4)
+    painting = tmp_path / "wave.png"
+    Image.new("RGB", (1000, 600), (10, 120, 200)).save(painting)
+    assert store.painting("wave") is None
+    assert main(["painting", "--store", str(store.root), "wave", str(painting)]) == 0
+    assert "wave/painting.jpg" in capsys.readouterr().out
+    kept = Image.open(io.BytesIO(store.painting("wave")))
+    assert kept.format == "JPEG" and kept.size == (256, 154)      # 600 * 256 / 1000 = 153.6
+    assert max(abs(a - b) for a, b in zip(kept.getpixel((100, 70)), (10, 120, 200),
+                                          strict=True)) <= 2
+    assert main(["painting", "--store", str(store.root), "sr", str(painting)]) == 1
+    assert "not a style model" in capsys.readouterr().err
+    assert main(["painting", "--store", str(store.root), "wave", str(tmp_path / "no.png")]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -78,6 +79,11 @@ def test_style_run_learns_and_stores(tmp_path, photos, style_image):
     assert manifest.training["config"]["style_weight"] == 2e-5
     assert manifest.loss_network.startswith("vgg")
     assert set(manifest.final_losses) == {"content", "style", "tv", "total"}
+    kept = Image.open(io.BytesIO(ModelStore(tmp_path / "store").painting("tiny_style")))
+    with Image.open(style_image) as painting:       # kept with the model, at most 256 px
+        scale = 256 / max(painting.size)
+        assert kept.format == "JPEG"
+        assert kept.size == (round(painting.width * scale), round(painting.height * scale))
 
 
 @pytest.mark.parametrize("loss", ["pixel", "feat"])

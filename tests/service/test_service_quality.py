@@ -1,0 +1,75 @@
+"""The reload gate (service/quality.py): the shipped models pass it; an untrained network, or a
+style network held against another painting, does not; a reload refuses such a version."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from model_store import SHIPPED_ROOT, ModelStore
+from nets.style_net import StyleNet
+from nets.superres_net import SuperResNet
+from service import quality
+from service.registry import Registry
+from tests.helpers.models import make_store
+from tests.helpers.server import running
+
+SHIPPED = ModelStore(SHIPPED_ROOT)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict:
+    models = Registry(SHIPPED_ROOT, [], "cpu", "float32", policy="fixed").load_all()
+    return {m.name: m for m in models}
+
+
+def test_every_shipped_model_passes(shipped):
+    for name, model in shipped.items():
+        painting = None if model.styles or model.task != "style" else SHIPPED.painting(name)
+        assert model.styles or model.task != "style" or painting is not None, name
+        assert quality.check(model, painting) is None, name
+
+
+def test_a_style_network_against_another_painting_fails(shipped):
+    problem = quality.style_gate(shipped["candy"], SHIPPED.painting("udnie"))
+    assert problem is not None and "not like its painting" in problem
+
+
+def test_untrained_networks_fail(shipped):
+    model = shipped["udnie"]
+    trained = model.module
+    torch.manual_seed(0)
+    model.module = StyleNet(norm="instance", upsample="resize_conv", padding="reflect").eval()
+    try:
+        assert quality.style_gate(model, SHIPPED.painting("udnie")) is not None
+    finally:
+        model.module = trained
+    sr = shipped["sr_x4"]
+    trained = sr.module
+    sr.module = SuperResNet(4, norm="none").eval()
+    try:
+        problem = quality.superres_gate(sr)
+        assert problem is not None and "worse than bicubic" in problem
+    finally:
+        sr.module = trained
+
+
+async def test_a_reload_refuses_a_version_that_fails_the_gate(tmp_path, make_settings):
+    store = make_store(tmp_path / "store", styles=(), factors=())
+    shutil.copytree(SHIPPED_ROOT / "sr_x4", store.root / "sr_x4")
+    async with running(make_settings(model_store=store.root, models=[])) as r:
+        torch.manual_seed(0)
+        store.save(SuperResNet(4, norm="none"), name="sr_x4", task="superres",
+                   architecture="superres", options={"factor": 4, "norm": "none"}, factor=4)
+        shutil.copytree(SHIPPED_ROOT / "udnie", store.root / "udnie")
+        answer = (await r.client.post("/admin/models/reload")).json()
+        assert answer["added"] == ["udnie"]                   # shipped, with its painting
+        assert "worse than bicubic" in answer["refused"]["sr_x4"]
+        listed = (await r.client.get("/v1/models")).json()
+        assert {m["name"] for m in listed["models"]} == {"sr_x4", "udnie"}
+        served = r.services.registry.get("sr_x4").digest
+        assert served == SHIPPED.manifest("sr_x4").sha256     # the old version serves on
+        thumbnail = await r.client.get("/v1/styles/udnie/thumbnail")
+        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
