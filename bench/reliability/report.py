@@ -10,7 +10,7 @@ from bench.reliability.process import SR_MODEL, STYLE
 def markdown(report: dict[str, Any], passed: bool) -> str:
     report = dict(report)
     errors = []
-    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "oversized"):
+    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "swap", "oversized"):
         section = report.get(name)
         if isinstance(section, dict) and "error" in section:
             errors.append(f"- **{name}** stopped with an error:\n\n```\n{section['error']}```")
@@ -133,6 +133,22 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"{k['rss_after_warmup_mib']} MiB after the {k['warmup_s']:g} s warm-up, "
                   f"{k['rss_end_mib']} MiB at the end (peak {k['rss_peak_mib']}): growth after "
                   f"warm-up {k['rss_growth_after_warmup_pct']} %.", ""]
+    w = report.get("swap")
+    if w:
+        lines += ["## A model swapped under load", "",
+                  f"{w['clients']} closed-loop clients stylising with {STYLE} while a new version "
+                  f"of it (the same network saved in float16: another digest) is picked up by "
+                  f"`POST /admin/models/reload`: answered {w['reload_status']} in "
+                  f"{w['reload_s']} s; the new digest serves: {w['serving_new_digest']}. "
+                  f"Requests lost: {w['lost']}; p99 during over before: {w['p99_ratio']} "
+                  f"(at most 2: {w['p99_within']}).", "",
+                  "| window | requests | errors | p50 ms | p99 ms |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name in ("before", "during", "after"):
+            x = w[name]
+            lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
+                         f"{x['p99_ms']} |")
+        lines.append("")
     v = report.get("oversized")
     if v:
         lines += ["## Oversized work at the default limits", "",

@@ -217,7 +217,9 @@ def test_pad_and_encode() -> None:
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (1, 1), (1, 40), (40, 1)])
-def test_png_output_is_lossless(shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("band_bytes", [4 << 20, 300])     # one band; bands of 1 to 2 rows
+def test_png_output_is_lossless(shape: tuple[int, int], band_bytes: int, monkeypatch) -> None:
+    monkeypatch.setattr(imaging, "_PNG_BAND_BYTES", band_bytes)
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     alpha = rng.integers(1, 256, shape, dtype=np.uint8)
