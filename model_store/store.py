@@ -108,22 +108,31 @@ class ModelStore:
         (path / MANIFEST).write_text(manifest.to_json())
         return manifest
 
-    def painting(self, name: str) -> bytes | None:
-        """The JPEG of a style's painting kept with its model, or None: the web page shows it,
-        and the service's reload gate measures the model's outputs against it."""
-        path = self._dir(name) / PAINTING
+    def _painting_path(self, name: str, style: str | None) -> Path:
+        """<name>/painting.jpg; a multi-style network's: <name>/paintings/<style>.jpg."""
+        folder = self._dir(name)
+        return folder / PAINTING if style is None else folder / "paintings" / (
+            check_name(style) + ".jpg")
+
+    def painting(self, name: str, style: str | None = None) -> bytes | None:
+        """The JPEG of a style's painting kept with its model (of the style `style` of a
+        multi-style network), or None: the web page shows it, and the service's reload gate
+        measures the model's outputs against it."""
+        path = self._painting_path(name, style)
         return path.read_bytes() if path.is_file() else None
 
-    def save_painting(self, name: str, painting: Image.Image) -> int:
-        """Keep the painting with the model `name`, its longer side PAINTING_SIDE (a JPEG of
-        some 20-40 KB); returns its size in bytes."""
+    def save_painting(self, name: str, painting: Image.Image, style: str | None = None) -> int:
+        """Keep the painting with the model `name` (as its style `style`), its longer side
+        PAINTING_SIDE (a JPEG of some 20-40 KB); returns its size in bytes."""
         im = painting.convert("RGB")
         scale = PAINTING_SIDE / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                        Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85, optimize=True)
-        (self._dir(name) / PAINTING).write_bytes(buf.getvalue())
+        path = self._painting_path(name, style)
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(buf.getvalue())
         return len(buf.getvalue())
 
     def update_metrics(self, name: str, metrics: dict[str, Any]) -> Manifest:

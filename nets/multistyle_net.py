@@ -31,6 +31,7 @@ class MultiStyleNet(StyleTable):
         norm = functools.partial(ConditionalInstanceNorm, num_styles=len(styles))
         super().__init__(norm, upsample, padding)
         self.styles = list(styles)
+        self._upsample, self._padding = upsample, padding
 
     def init_from_single(self, single: nn.Module) -> None:
         """Start every style as a trained single-style StyleNet (same layer table and options):
@@ -46,6 +47,27 @@ class MultiStyleNet(StyleTable):
                 raise ValueError(f"{key} has no counterpart in MultiStyleNet")
             state[target] = value.expand_as(state[target]).clone()
         self.load_state_dict(state)
+
+    def with_style(self, name: str) -> MultiStyleNet:
+        """A copy of this network holding one more style, `name`, last. Its scale and shift
+        start as the mean of the others'; every other weight is copied. Training only its rows
+        then learns a new painting (Dumoulin et al. 2017, §4.3)."""
+        if name in self.styles:
+            raise ValueError(f"style {name!r} is already one of {self.styles}")
+        first = next(m for m in self.modules() if isinstance(m, ConditionalInstanceNorm))
+        upsample, padding = self.options()
+        grown = MultiStyleNet([*self.styles, name], upsample, padding).to(first.scale.device)
+        state = self.state_dict()
+        for key, value in grown.state_dict().items():
+            old = state[key]
+            if old.shape != value.shape:   # a scale or shift: (S, C) -> (S + 1, C)
+                old = torch.cat([old, old.mean(0, keepdim=True)])
+            value.copy_(old)
+        return grown
+
+    def options(self) -> tuple[Upsample, Padding]:
+        """The upsample and padding this network was built with."""
+        return self._upsample, self._padding
 
     def one_hot(self, indices: torch.Tensor) -> torch.Tensor:
         return F.one_hot(indices, len(self.styles)).float()

@@ -94,6 +94,11 @@ class MultiStyleConfig(StyleConfig):
     style_weights: str = opt("", "comma list of lambda_s per style (default: --style-weight)")
     teachers: str = opt("", "store of per-style networks to distil from instead of the "
                         "perceptual losses (a pixel loss against the teacher's output)")
+    add_style: str = opt("", "a painting to learn as one more style of the multi-style "
+                             "network --init-from (default multistyle), named --name (default "
+                             "the file's name): only its scale and shift train, every shared "
+                             "weight is frozen (Dumoulin et al. 2017); the network is written "
+                             "back under its own name")
 
 
 C = TypeVar("C", bound=TrainConfig)

@@ -46,6 +46,9 @@ class Parts:
     loss_network: str
     factor: int | None = None
     painting: str = ""        # a style's painting, kept with the model (model_store.PAINTING)
+    painting_style: str | None = None   # ... as this style of a multi-style network
+    init_from: dict | None = None       # the start `build` made itself (a style added)
+    run_name: str = ""                  # folder of the checkpoints (default: name)
 
 
 @dataclass
@@ -66,8 +69,9 @@ def train(cfg: TrainConfig, build: Callable[[torch.device], Parts]) -> tuple[nn.
     try:
         torch.manual_seed(cfg.seed)
         parts = build(device)
-        init_from = init_weights(cfg, parts.net)
-        result = fit(cfg, parts.net, parts.objective, parts.sample, device, world, parts.name)
+        init_from = parts.init_from or init_weights(cfg, parts.net)
+        result = fit(cfg, parts.net, parts.objective, parts.sample, device, world,
+                     parts.run_name or parts.name)
         if world.main:
             manifest = store_result(cfg, parts, result, device, init_from)
             print(f"wrote {cfg.store}/{parts.name} after {result.steps} steps: "
@@ -191,5 +195,5 @@ def store_result(cfg: TrainConfig, parts: Parts, result: Result, device: torch.d
         final_losses={k: round(v, 6) for k, v in result.losses.items()})
     if parts.painting:
         with Image.open(parts.painting) as painting:
-            store.save_painting(parts.name, painting)
+            store.save_painting(parts.name, painting, parts.painting_style)
     return manifest

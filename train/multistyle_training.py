@@ -3,6 +3,10 @@
 Each step trains one style, drawn at random, on a batch of photos (Dumoulin et al. 2017), with
 the same perceptual losses as `python -m train style`, or, with `--teachers STORE`, by distilling
 the per-style networks already trained (much cheaper: no loss network).
+
+`--add-style PAINTING` learns one more style into a trained network: a new row of scale and
+shift in every normalisation layer, trained with the perceptual losses of the painting while
+every other weight stays as it was, so the other styles' outputs do not change by a bit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nets.multistyle_net import MultiStyleNet
+from nets.multistyle_net import ConditionalInstanceNorm, MultiStyleNet
 from train import data, loop
 from train.config import MultiStyleConfig, StyleConfig
 from train.losses import pixel_loss
@@ -61,6 +65,11 @@ CONFIG = MultiStyleConfig   # its fields are the flags of `python -m train` (tra
 def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
     """Train, store (on the main process) and return the network with its training result.
     Each `auto` weight is resolved first, so the manifest records the weights trained with."""
+    if cfg.add_style:
+        if cfg.style_weight == "auto":
+            weight = resolve_style_weight(cfg, cfg.add_style)
+            cfg = dataclasses.replace(cfg, style_weight=weight)
+        return loop.train(cfg, partial(build_added_style, cfg))
     if not cfg.teachers:
         styles = cfg.styles.split(",")
         given = (cfg.style_weights.split(",") if cfg.style_weights
@@ -116,6 +125,55 @@ def build(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
                                            cfg.crop_size or cfg.image_size, g),
         data_images=len(images), task="style", architecture="multistyle", options=options,
         loss_network=loss_network)
+
+
+class OneStyle(nn.Module):
+    """The objective of style `index` of `count`: net(x, one-hot)."""
+
+    def __init__(self, objective: nn.Module, index: int, count: int) -> None:
+        super().__init__()
+        self.objective, self.index, self.count = objective, index, count
+
+    def forward(self, net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mix = torch.zeros(x.shape[0], self.count, device=x.device)
+        mix[:, self.index] = 1
+        return self.objective(partial(net, mix=mix), x)
+
+
+def build_added_style(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts:
+    """The stored multi-style network with one more style, only whose rows of scale and
+    shift train (the other rows' gradients are zeroed, so Adam never moves them)."""
+    from model_store import ModelStore
+
+    base = cfg.init_from or "multistyle"
+    style = cfg.name or Path(cfg.add_style).stem
+    trained, manifest = ModelStore(cfg.store).load(base)
+    if not isinstance(trained, MultiStyleNet):
+        raise ValueError(f"{base} is not a multi-style network")
+    net = trained.with_style(style).to(device).requires_grad_(False)
+    index = len(net.styles) - 1
+    keep = torch.zeros(len(net.styles), 1, device=device)
+    keep[index] = 1
+    for norm in net.modules():
+        if isinstance(norm, ConditionalInstanceNorm):
+            for p in (norm.scale, norm.shift):
+                p.requires_grad_(True)
+                p.register_hook(lambda grad: grad * keep)
+    vgg = load_loss_network(cfg).to(device)
+    painting = load_style_image(cfg.add_style, cfg.style_size or cfg.image_size).to(device)
+    objective = OneStyle(StyleObjective(vgg, painting, StyleConfig(**_style_fields(cfg))),
+                         index, len(net.styles))
+    images = data.load_folder(cfg.data, short_side=cfg.image_size)
+    upsample, padding = net.options()
+    return loop.Parts(
+        name=base, run_name=f"{base}+{style}", net=net, objective=objective,
+        sample=lambda g: data.random_crops(images, cfg.batch_size,
+                                           cfg.crop_size or cfg.image_size, g),
+        data_images=len(images), task="style", architecture="multistyle",
+        options={"styles": net.styles, "upsample": upsample, "padding": padding},
+        loss_network=f"{vgg.kind}-imagenet", painting=cfg.add_style, painting_style=style,
+        init_from={"name": manifest.name, "sha256": manifest.sha256,
+                   "iterations": manifest.iterations, "training": manifest.training})
 
 
 def _style_fields(cfg: MultiStyleConfig) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,55 @@ def test_distilled_run_learns_and_stores(tmp_path):
     mix = torch.tensor([[1.0, 0.0], [0.2, 0.8]])
     with torch.no_grad():
         assert torch.equal(loaded(x, mix), net.eval()(x, mix))
+
+
+def test_with_style_keeps_the_others_and_starts_the_new_one_at_their_mean(net):
+    grown = net.with_style("d").eval()
+    assert grown.styles == ["a", "b", "c", "d"] and grown.options() == net.options()
+    x = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        for i in range(3):
+            old = net(x, net.one_hot(torch.tensor([i, i])))
+            assert torch.equal(grown(x, grown.one_hot(torch.tensor([i, i]))), old)
+        equal_blend = net(x, torch.full((2, 3), 1 / 3))
+        assert torch.allclose(grown(x, grown.one_hot(torch.tensor([3, 3]))), equal_blend,
+                              atol=1e-5)
+    with pytest.raises(ValueError, match="already one of"):
+        net.with_style("b")
+
+
+def test_add_style_trains_only_the_new_style(tmp_path, net):
+    store = ModelStore(tmp_path / "store")
+    store.save(net, name="multistyle", task="style", architecture="multistyle",
+               options={"styles": net.styles, "upsample": "resize_conv", "padding": "reflect"},
+               iterations=100)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(photos / f"{i}.png")
+    painting = tmp_path / "stripes.png"
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[::4] = (200, 40, 40)
+    Image.fromarray(stripes).save(painting)
+    cfg = MultiStyleConfig(add_style=str(painting), name="stripes", data=str(photos),
+                           store=str(store.root), image_size=32, batch_size=2, iterations=15,
+                           checkpoint_dir=str(tmp_path / "runs"), device="cpu", amp="none",
+                           save_dtype="float32", lr=2e-2, style_weight=1e-4, tv_weight=1e-2)
+    trained, result = multistyle_training.run(cfg)
+    assert sum(result.history[-4:]) < sum(result.history[:4])
+    loaded, manifest = store.load("multistyle")
+    assert manifest.options["styles"] == ["a", "b", "c", "stripes"]
+    assert manifest.iterations == 115 and manifest.training["init_from"]["iterations"] == 100
+    assert (tmp_path / "runs" / "multistyle+stripes").is_dir()
+    assert Image.open(io.BytesIO(store.painting("multistyle", "stripes"))).size == (256, 256)
+    before, after = net.state_dict(), loaded.state_dict()
+    for key, value in after.items():                      # nothing shared moved ...
+        if key.endswith((".scale", ".shift")):
+            assert torch.equal(value[:3], before[key]), key
+        else:
+            assert torch.equal(value, before[key]), key
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():                                  # ... the new style did
+        start = net.with_style("stripes").eval()(x, torch.tensor([[0.0, 0, 0, 1]]))
+        assert not torch.allclose(loaded(x, torch.tensor([[0.0, 0, 0, 1]])), start, atol=1e-3)
