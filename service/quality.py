@@ -9,7 +9,8 @@ from disk):
   painting's (kept with the model, `model_store.PAINTING`): the ship gate's rule, style loss at
   most 0.5x the unstyled input's. The statistics are Gram matrices, as in the paper's style
   loss, of the colours and luminance derivatives at three scales: the service carries no VGG.
-  Models without a kept painting, and multi-style networks, skip it.
+  A multi-style network is checked on each style whose painting the store keeps; a style
+  without one skips this gate.
 
 Measured on the shipped models (tests/service/test_service_quality.py): every one passes; an
 untrained network, or a style network against another's painting, does not.
@@ -61,11 +62,17 @@ def _tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
-def _run(model, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001 - registry.LoadedModel
-    """The network's output in [0, 1], float32 on the CPU, one image at a time."""
+def _run(model, x: torch.Tensor, style: int | None = None  # noqa: ANN001 - LoadedModel
+         ) -> torch.Tensor:
+    """The network's output in [0, 1], float32 on the CPU, one image at a time; `style`: the
+    index of a multi-style network's style."""
+    mix = None
+    if style is not None:
+        mix = torch.zeros(1, len(model.styles), device=model.device)
+        mix[0, style] = 1
     with torch.inference_mode():
-        return torch.cat([model.run_module(xi[None].to(model.device, model.dtype)).float().cpu()
-                          for xi in x]).clamp(0, 1)
+        return torch.cat([model.run_module(xi[None].to(model.device, model.dtype), mix)
+                          .float().cpu() for xi in x]).clamp(0, 1)
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
@@ -117,12 +124,14 @@ def _distance(x: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
                         for g, t in zip(_grams(x), target, strict=True)]).sum(0)
 
 
-def style_gate(model, painting: bytes) -> str | None:  # noqa: ANN001 - registry.LoadedModel
-    """Why `model`'s outputs are not close enough to its painting's statistics, or None."""
+def style_gate(model, painting: bytes,  # noqa: ANN001 - registry.LoadedModel
+               style: int | None = None) -> str | None:
+    """Why `model`'s outputs (of its style number `style`, on a multi-style network) are not
+    close enough to its painting's statistics, or None."""
     with Image.open(io.BytesIO(painting)) as im:
         target = _grams(_tensor([np.asarray(im.convert("RGB"))]))
     x = _tensor(probe_images(192))
-    ratios = (_distance(_run(model, x), target) / _distance(x, target)).tolist()
+    ratios = (_distance(_run(model, x, style), target) / _distance(x, target)).tolist()
     worst = max(ratios)
     if worst > STYLE_RATIO:
         return (f"on the probe images its outputs are not like its painting: the texture "
@@ -131,10 +140,13 @@ def style_gate(model, painting: bytes) -> str | None:  # noqa: ANN001 - registry
     return None
 
 
-def check(model, painting: bytes | None) -> str | None:  # noqa: ANN001 - registry.LoadedModel
-    """Why `model` fails its task's gate, or None."""
+def check(model, paintings: dict[str, bytes]) -> str | None:  # noqa: ANN001 - LoadedModel
+    """Why `model` fails its task's gate, or None. `paintings`: by style name, those the store
+    keeps (a single-style network's under its own name)."""
     if model.task == "superres":
         return superres_gate(model)
-    if painting is not None and not model.styles:
-        return style_gate(model, painting)
+    for style, painting in paintings.items():
+        index = model.styles.index(style) if model.styles else None
+        if (problem := style_gate(model, painting, index)) is not None:
+            return f"style {style}: {problem}" if model.styles else problem
     return None

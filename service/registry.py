@@ -54,12 +54,12 @@ def architecture(manifest: Manifest) -> str:
     return json.dumps([manifest.architecture, manifest.options], sort_keys=True)
 
 
-def check(model: LoadedModel, painting: bytes | None = None) -> str | None:
+def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str | None:
     """Why a freshly loaded model must not take traffic, or None: its output on a test image
     must be finite, and in reduced precision within the error its manifest records against the
     same weights in float32 (plus a grey level: the test image is not the images it was
     recorded on); then it must pass its task's quality gate (service/quality.py), a style
-    network against its `painting` when the store keeps one."""
+    network against the `paintings` the store keeps of its styles."""
     x = policies.test_image(4 * MIN_SIDE_PX).to(model.device)
     mix = (torch.full((1, len(model.styles)), 1 / len(model.styles), device=model.device)
            if model.styles else None)
@@ -75,7 +75,7 @@ def check(model: LoadedModel, painting: bytes | None = None) -> str | None:
         if error > recorded + 1:
             return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
                     f"over the {recorded:.2f} its manifest records")
-    return quality.check(model, painting)
+    return quality.check(model, paintings or {})
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -321,7 +321,7 @@ class Registry:
                         self.refused.pop(name, None)    # the store is back to what serves
                         continue
                     model = self._load(name, environment)
-                    problem = check(model, self.store.painting(name))
+                    problem = check(model, self._paintings(model))
                 except Exception as e:   # a broken file is refused like a failed check
                     digest, problem = "", f"{type(e).__name__}: {e}"
                 if problem is not None:
@@ -340,6 +340,14 @@ class Registry:
                 log.info("model %s removed", name)
             self.policy_store.save()
             return report
+
+    def _paintings(self, model: LoadedModel) -> dict[str, bytes]:
+        """The paintings the store keeps of `model`'s styles, by style name."""
+        if model.task != "style":
+            return {}
+        kept = ({s: self.store.painting(model.name, s) for s in model.styles} if model.styles
+                else {model.name: self.store.painting(model.name)})
+        return {style: painting for style, painting in kept.items() if painting is not None}
 
     def _load(self, name: str, environment: dict[str, Any]) -> LoadedModel:
         """One model loaded, converted, measured (or its stored policy reused), warmed up."""

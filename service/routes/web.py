@@ -18,9 +18,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from model_store import ModelStore, StoreError
+from model_store import StoreError
 from service import errors
 from service.deps import ServicesDep
+from service.registry import Registry
 from service.schemas import ErrorResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
@@ -56,7 +57,7 @@ def thumbnail(name: Annotated[str, PathParam(min_length=1, max_length=64)],
         raise errors.UnknownModel(f"unknown style {name!r}; available: "
                                   f"{', '.join(available) or 'none'}")
     style = available[available.index(name)]   # a loaded style's name, not the client's text
-    kept = kept_painting(services.registry.store, style)
+    kept = kept_painting(services.registry, style)
     painting = find_painting(services.settings.style_images_dir, style)
     if kept is not None:
         body = _thumbnail(kept)
@@ -81,13 +82,19 @@ def find_painting(folder: Path | None, style: str) -> Path | None:
     return None
 
 
-def kept_painting(store: ModelStore, style: str) -> bytes | None:
-    """The painting the store keeps with the model `style` (None for a multi-style network's
-    style, which has no folder of its own)."""
-    try:
-        return store.painting(style)
-    except StoreError:
-        return None
+def kept_painting(registry: Registry, style: str) -> bytes | None:
+    """The painting the store keeps with the model `style`, else with a multi-style network
+    holding it; None when neither does."""
+    places = [(style, None), *((m.name, style) for m in registry.multistyle()
+                               if style in m.styles)]
+    for name, within in places:
+        try:
+            kept = registry.store.painting(name, within)
+        except StoreError:     # no model of that name: a multi-style network's style
+            continue
+        if kept is not None:
+            return kept
+    return None
 
 
 @lru_cache(maxsize=64)

@@ -1,5 +1,6 @@
 """The reload gate (service/quality.py): the shipped models pass it; an untrained network, or a
-style network held against another painting, does not; a reload refuses such a version."""
+style network held against another painting, does not; a reload refuses such a version; a
+multi-style network is checked on the styles whose paintings it keeps."""
 
 from __future__ import annotations
 
@@ -25,11 +26,13 @@ def shipped() -> dict:
     return {m.name: m for m in models}
 
 
-def test_every_shipped_model_passes(shipped):
+def test_every_shipped_single_style_and_superres_model_passes(shipped):
     for name, model in shipped.items():
-        painting = None if model.styles or model.task != "style" else SHIPPED.painting(name)
-        assert model.styles or model.task != "style" or painting is not None, name
-        assert quality.check(model, painting) is None, name
+        if model.styles:       # the multi-style network keeps no paintings: not checked
+            continue
+        paintings = {name: SHIPPED.painting(name)} if model.task == "style" else {}
+        assert None not in paintings.values(), name
+        assert quality.check(model, paintings) is None, name
 
 
 def test_a_style_network_against_another_painting_fails(shipped):
@@ -73,3 +76,13 @@ async def test_a_reload_refuses_a_version_that_fails_the_gate(tmp_path, make_set
         assert served == SHIPPED.manifest("sr_x4").sha256     # the old version serves on
         thumbnail = await r.client.get("/v1/styles/udnie/thumbnail")
         assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+
+
+def test_a_multistyle_network_is_checked_on_the_styles_it_keeps_paintings_of(shipped):
+    model = shipped["multistyle"]
+    udnie, candy = model.styles.index("udnie"), model.styles.index("candy")
+    assert quality.style_gate(model, SHIPPED.painting("udnie"), udnie) is None
+    assert quality.check(model, {"udnie": SHIPPED.painting("udnie")}) is None
+    problem = quality.check(model, {"udnie": SHIPPED.painting("candy")})
+    assert problem is not None and problem.startswith("style udnie: ")
+    assert quality.style_gate(model, SHIPPED.painting("udnie"), candy) is not None
