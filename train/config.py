@@ -54,6 +54,9 @@ class TrainConfig:
     init_from: str = opt("", "start from the weights of this model in --store (fine-tuning)")
     vgg_weights: str = opt("", "converted VGG safetensors (default: find VGG-16/VGG-19 on disk)")
     save_dtype: SaveDtype = opt("float16", "dtype of the stored weights")
+    progress_json: bool = opt(False, "print a JSON line of progress (step, iterations, losses, "
+                                     "seconds) every 25 steps, for a program that runs training "
+                                     "as a job")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import operator
 import platform
@@ -145,7 +146,12 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
             raise FloatingPointError(f"loss became {history[-1]} at step {step}")
         bar.update(1)
         if step % 25 == 0:
-            bar.set_postfix({k: f"{sum(v) / len(v):.4g}" for k, v in window.items()})
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
+            if cfg.progress_json and world.main:
+                print(json.dumps({"step": step, "iterations": cfg.iterations, "losses": means,
+                                  "seconds": round(time.monotonic() - start, 1),
+                                  "time_limit_s": cfg.time_limit_s}), flush=True)
         if world.main and step % cfg.checkpoint_every == 0:
             checkpoint.save(ckpt_dir, net, opt, scaler, step, dataclasses.asdict(cfg), runs())
         if cfg.time_limit_s and time.monotonic() - start > cfg.time_limit_s:

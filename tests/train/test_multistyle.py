@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -110,7 +111,7 @@ def test_with_style_keeps_the_others_and_starts_the_new_one_at_their_mean(net):
         net.with_style("b")
 
 
-def test_add_style_trains_only_the_new_style(tmp_path, net):
+def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
     store = ModelStore(tmp_path / "store")
     store.save(net, name="multistyle", task="style", architecture="multistyle",
                options={"styles": net.styles, "upsample": "resize_conv", "padding": "reflect"},
@@ -125,14 +126,19 @@ def test_add_style_trains_only_the_new_style(tmp_path, net):
     stripes[::4] = (200, 40, 40)
     Image.fromarray(stripes).save(painting)
     cfg = MultiStyleConfig(add_style=str(painting), name="stripes", data=str(photos),
-                           store=str(store.root), image_size=32, batch_size=2, iterations=15,
+                           store=str(store.root), image_size=32, batch_size=2, iterations=25,
                            checkpoint_dir=str(tmp_path / "runs"), device="cpu", amp="none",
-                           save_dtype="float32", lr=2e-2, style_weight=1e-4, tv_weight=1e-2)
+                           save_dtype="float32", lr=2e-2, style_weight=1e-4, tv_weight=1e-2,
+                           progress_json=True)
     trained, result = multistyle_training.run(cfg)
+    progress = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                if line.startswith("{")]
+    assert [p["step"] for p in progress] == [25] and progress[0]["iterations"] == 25
+    assert set(progress[0]["losses"]) == {"content", "style", "tv", "total"}
     assert sum(result.history[-4:]) < sum(result.history[:4])
     loaded, manifest = store.load("multistyle")
     assert manifest.options["styles"] == ["a", "b", "c", "stripes"]
-    assert manifest.iterations == 115 and manifest.training["init_from"]["iterations"] == 100
+    assert manifest.iterations == 125 and manifest.training["init_from"]["iterations"] == 100
     assert (tmp_path / "runs" / "multistyle+stripes").is_dir()
     assert Image.open(io.BytesIO(store.painting("multistyle", "stripes"))).size == (256, 256)
     before, after = net.state_dict(), loaded.state_dict()
