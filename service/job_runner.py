@@ -1,10 +1,11 @@
-"""Jobs on this replica: checks and queues submitted work, claims queued jobs from the store
-(service/jobs.py), runs them through `Inference.transform`, and keeps their progress.
+"""Jobs on this replica: queues submitted work in the job store (service/jobs.py), claims
+queued jobs, runs each through a handler, and keeps their progress and results.
 
-Why jobs: a synchronous request must be answered within `request_timeout_s`, so an image
-predicted to take longer gets 413 there. As a job it has `job_timeout_s`, and the client polls
-for progress and the result instead of holding a connection open. A job goes through the same
-batcher, tiling, memory budget and cache as a request; only its limits on time differ.
+Why jobs: a synchronous request must be answered within `request_timeout_s`, so work predicted
+to take longer gets 413 there. As a job it has its own time, and the client polls for progress
+and the result instead of holding a connection open. The runner knows nothing of what a job
+does: its handler does (service/image_jobs.py transforms an image; service/style_learning.py
+learns a style).
 """
 
 from __future__ import annotations
@@ -15,52 +16,43 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from service import errors
-from service.inference import Inference, OutputOptions, StyleOptions
 from service.jobs import Job, JobQueueFull, JobStore, new_id
 from service.metrics import Metrics
-from service.registry import LoadedModel, Registry
 from service.tiling import Progress
 
 log = logging.getLogger("service.jobs")
 
 
 @dataclass(frozen=True)
-class JobResult:
+class JobOutput:
     body: bytes
     content_type: str
+
+
+# Runs a claimed job on its input, counting its progress; raises errors.ServiceError to fail it.
+Handler = Callable[[Job, bytes, Progress], Awaitable[JobOutput]]
 
 
 class JobRunner:
     """`workers` jobs at a time on this replica, each under a lease of `lease_s` renewed every
     third of it; a job claimed more than `max_attempts` times (its replicas kept dying) fails."""
 
-    def __init__(self, store: JobStore, inference: Inference, registry: Registry,
-                 metrics: Metrics, *, workers: int, timeout_s: float, lease_s: float,
-                 max_attempts: int = 3) -> None:
-        self.store, self.inference, self.registry, self.metrics = (store, inference, registry,
-                                                                   metrics)
-        self.workers, self.timeout_s, self.lease_s = workers, timeout_s, lease_s
-        self.max_attempts = max_attempts
+    def __init__(self, store: JobStore, handle: Handler, metrics: Metrics, *, workers: int,
+                 lease_s: float, max_attempts: int = 3) -> None:
+        self.store, self.handle, self.metrics = store, handle, metrics
+        self.workers, self.lease_s, self.max_attempts = workers, lease_s, max_attempts
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[str, Job] = {}
 
     # -- the routes' side ------------------------------------------------------------------
 
-    async def submit(self, kind: str, model: LoadedModel, data: bytes, options: OutputOptions,
-                     style: StyleOptions | None, caller: str | None) -> Job:
-        """Check `data` as the request would be checked (decodable, within the size limits,
-        predicted to finish within `timeout_s` and to fit the memory budget), then queue it."""
-        await self.inference.check(model, data, time_limit_s=self.timeout_s, style=style)
-        spec: dict[str, object] = {"model": model.name, "format": options.format,
-                                   "quality": options.quality}
-        if style is not None:
-            spec["style"] = {"strength": style.strength, "preserve_color": style.preserve_color,
-                             "mix": list(style.mix) if style.mix is not None else None}
-        job = Job(new_id(), kind, spec, caller)
+    async def submit(self, job: Job, data: bytes) -> Job:
+        """Queue `job` with its input (checked by the caller)."""
         try:
             await self.store.submit(job, data)
         except JobQueueFull as e:
@@ -69,7 +61,7 @@ class JobRunner:
                                       ) from None
         except Exception as e:
             raise _unavailable("submit", e) from None
-        self.metrics.jobs.labels(kind=kind, result="submitted").inc()
+        self.metrics.jobs.labels(kind=job.kind, result="submitted").inc()
         return job
 
     async def get(self, job_id: str, caller: str | None) -> Job:
@@ -82,7 +74,7 @@ class JobRunner:
             raise errors.UnknownJob(f"no job {job_id} (unknown, or expired)")
         return job
 
-    async def result(self, job_id: str, caller: str | None) -> JobResult:
+    async def result(self, job_id: str, caller: str | None) -> JobOutput:
         job = await self.get(job_id, caller)
         if job.state == "failed":
             assert job.error is not None
@@ -98,7 +90,7 @@ class JobRunner:
         if body is None:
             raise errors.UnknownJob(f"the result of job {job_id} has expired")
         assert job.content_type is not None
-        return JobResult(body, job.content_type)
+        return JobOutput(body, job.content_type)
 
     # -- the workers' side -----------------------------------------------------------------
 
@@ -188,23 +180,11 @@ class JobRunner:
             log.warning("job %s: heartbeat failed: %s: %s", job.id, type(e).__name__, e)
             return True
 
-    async def _compute(self, job: Job, data: bytes, progress: Progress):  # noqa: ANN202
+    async def _compute(self, job: Job, data: bytes, progress: Progress) -> JobOutput:
         if job.attempts > self.max_attempts:
             raise errors.ComputeFailed(f"the job was started {job.attempts - 1} times and its "
                                        "replica stopped each time")
-        spec = job.spec
-        model = self.registry.get(spec["model"])
-        if model is None:
-            raise errors.UnknownModel(f"model {spec['model']} is no longer served")
-        style = None
-        if "style" in spec:
-            mix = spec["style"]["mix"]
-            style = StyleOptions(spec["style"]["strength"], spec["style"]["preserve_color"],
-                                 tuple(mix) if mix is not None else None)
-        return await self.inference.transform(
-            model, data, OutputOptions(spec["format"], spec["quality"]),
-            deadline=time.monotonic() + self.timeout_s, style=style,
-            time_limit_s=self.timeout_s, progress=progress)
+        return await self.handle(job, data, progress)
 
 
 def _unavailable(op: str, e: Exception) -> errors.JobStoreUnavailable:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service import errors
+from service import errors, image_jobs
 from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
@@ -259,7 +259,8 @@ def build_services(settings: Settings) -> Services:
                   prefix=settings.redis_key_prefix) if jobs_redis is not None
         else MemoryJobs(limit=settings.job_queue_limit, ttl_s=settings.job_ttl_s,
                         max_result_bytes=settings.job_results_bytes))
-    jobs = JobRunner(store, inference, registry, metrics, workers=settings.job_workers,
-                     timeout_s=settings.job_timeout_s, lease_s=settings.job_lease_s)
+    jobs = JobRunner(store, image_jobs.handler(inference, registry,
+                                               timeout_s=settings.job_timeout_s),
+                     metrics, workers=settings.job_workers, lease_s=settings.job_lease_s)
     return Services(settings, metrics, admission, registry, batcher, cache, limiter, inference,
                     codec_pool, jobs, redis, jobs_redis)

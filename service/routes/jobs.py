@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
+from service import image_jobs
 from service.deps import (
     OutputDep,
     ServicesDep,
@@ -80,8 +81,9 @@ async def _submit(request: Request, services: Services, kind: str, model: Loaded
                   options: OutputOptions, style: StyleOptions | None) -> JSONResponse:
     data = await read_image(request, services.settings.max_body_bytes,
                             services.settings.body_timeout_s)
-    job = await services.jobs.submit(kind, model, data, options, style, _caller(request))
-    body = status(job)
+    job = await image_jobs.prepare(services.inference, kind, model, data, options, style,
+                                   _caller(request), timeout_s=services.settings.job_timeout_s)
+    body = status(await services.jobs.submit(job, data))
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.url})
 
 
