@@ -12,7 +12,7 @@ from service.errors import install_handlers
 from service.lifecycle import build_services
 from service.middleware import LoadShed, RequestContext, RequestLimits
 from service.ratelimit import RateLimit
-from service.routes import jobs, ops, transform, web
+from service.routes import jobs, ops, styles, transform, web
 from service.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     app.include_router(transform.router)
     app.include_router(jobs.router)
+    app.include_router(styles.router)
     app.include_router(ops.router)
     app.include_router(web.router)              # the page at / and style thumbnails
     app.mount("/static", web.static_files(), name="static")

@@ -221,3 +221,17 @@ def install_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return error_response(500, "internal", "internal error; see the server log")
+
+
+class StyleExists(ServiceError):
+    status, code, reason = 409, "style_exists", "conflict"
+
+
+class StyleRejected(ServiceError):
+    """A learned style failed the reload gate: the store was put back as it was."""
+
+    status, code, reason = 422, "style_rejected", "bad_request"
+
+
+class LearningUnavailable(ServiceError):
+    status, code, reason = 503, "learning_unavailable", "unavailable"

@@ -143,7 +143,7 @@ class JobRunner:
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=self.lease_s / 3)
-                job.done, job.total = progress.done, progress.total
+                job.done, job.total, job.detail = progress.done, progress.total, progress.detail
                 if not task.done() and not await self._heartbeat(job):
                     task.cancel()
                     log.warning("job %s: lost its lease; another replica runs it", job.id)

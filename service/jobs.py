@@ -47,6 +47,7 @@ class Job:
     done: int = 0                # tiles computed ...
     total: int = 0               # ... out of this many (0: not known yet)
     attempts: int = 0            # claims so far: more than one after a replica died
+    detail: dict[str, Any] = field(default_factory=dict)   # more progress: losses, time left
     error: dict[str, Any] | None = None   # {status, code, message} of a failed job
     content_type: str | None = None       # of the result
 

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import math
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service import errors, image_jobs
+from service import errors, image_jobs, style_learning
 from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
@@ -31,6 +32,7 @@ from service.policy_store import PolicyStore
 from service.ratelimit import Limiter, make_limiter
 from service.registry import LoadedModel, Payload, Registry, is_device_error, is_oom, model_of
 from service.settings import Settings
+from service.style_learning import Learning
 from service.tiling import TileConfig
 
 if TYPE_CHECKING:
@@ -52,9 +54,11 @@ class Services:
     limiter: Limiter | None       # per-caller rate limit; None: no limit
     inference: Inference
     codec_pool: ThreadPoolExecutor
-    jobs: JobRunner
+    jobs: JobRunner               # image jobs
+    learn: Learning
     redis: Redis | None = None    # the one client (and pool) of the cache and the rate limit
     jobs_redis: Redis | None = None   # the jobs', with a timeout for moving whole images
+    learning: JobRunner = field(init=False)   # styles learned from paintings, one at a time
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _device_check: asyncio.Future[None] | None = field(default=None, repr=False)
@@ -127,6 +131,7 @@ class Services:
         gc.freeze()
         self.admission.mark_ready()
         self.jobs.start()
+        self.learning.start()
         log.info("ready: %d models on %s in %.2fs", len(models), self.registry.device,
                  time.monotonic() - started)
 
@@ -167,6 +172,7 @@ class Services:
             if task is not None and not task.done():
                 task.cancel()
         await self.jobs.stop()
+        await self.learning.stop()
         await self.batcher.close(self.settings.drain_timeout_s)
         await self.cache.close()
         if self.limiter is not None:
@@ -254,13 +260,23 @@ def build_services(settings: Settings) -> Services:
                           memory=MemoryBudget(settings.memory_budget_bytes))
     jobs_redis = (connect_redis(settings.redis_url, settings.job_redis_timeout_s)
                   if settings.redis_url else None)
-    store: JobStore = (
-        RedisJobs(jobs_redis, limit=settings.job_queue_limit, ttl_s=settings.job_ttl_s,
-                  prefix=settings.redis_key_prefix) if jobs_redis is not None
-        else MemoryJobs(limit=settings.job_queue_limit, ttl_s=settings.job_ttl_s,
-                        max_result_bytes=settings.job_results_bytes))
-    jobs = JobRunner(store, image_jobs.handler(inference, registry,
-                                               timeout_s=settings.job_timeout_s),
+
+    def job_store(limit: int, prefix: str) -> JobStore:
+        if jobs_redis is not None:
+            return RedisJobs(jobs_redis, limit=limit, ttl_s=settings.job_ttl_s, prefix=prefix)
+        return MemoryJobs(limit=limit, ttl_s=settings.job_ttl_s,
+                          max_result_bytes=settings.job_results_bytes)
+
+    jobs = JobRunner(job_store(settings.job_queue_limit, settings.redis_key_prefix),
+                     image_jobs.handler(inference, registry, timeout_s=settings.job_timeout_s),
                      metrics, workers=settings.job_workers, lease_s=settings.job_lease_s)
-    return Services(settings, metrics, admission, registry, batcher, cache, limiter, inference,
-                    codec_pool, jobs, redis, jobs_redis)
+    learn = Learning(settings.model_store, settings.learn_base_model, settings.learn_photos_dir,
+                     settings.learn_iterations, settings.learn_time_limit_s,
+                     settings.learn_crop_size, tuple(shlex.split(settings.learn_extra_args)))
+    services = Services(settings, metrics, admission, registry, batcher, cache, limiter,
+                        inference, codec_pool, jobs, learn, redis, jobs_redis)
+    services.learning = JobRunner(
+        job_store(settings.learn_queue_limit, settings.redis_key_prefix + "learn:"),
+        style_learning.handler(learn, services.reload_models), metrics, workers=1,
+        lease_s=settings.job_lease_s, max_attempts=1)
+    return services

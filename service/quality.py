@@ -19,6 +19,7 @@ untrained network, or a style network against another's painting, does not.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -124,15 +125,21 @@ def _distance(x: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
                         for g, t in zip(_grams(x), target, strict=True)]).sum(0)
 
 
+def style_ratios(forward: Callable[[torch.Tensor], torch.Tensor], painting: bytes
+                 ) -> list[float]:
+    """Per probe image, the distance of `forward`'s output (images in [0, 1] in and out) to
+    the painting's texture statistics over the input's: 0 is the painting's, 1 no change."""
+    with Image.open(io.BytesIO(painting)) as im:
+        target = _grams(_tensor([np.asarray(im.convert("RGB"))]))
+    x = _tensor(probe_images(192))
+    return (_distance(forward(x), target) / _distance(x, target)).tolist()
+
+
 def style_gate(model, painting: bytes,  # noqa: ANN001 - registry.LoadedModel
                style: int | None = None) -> str | None:
     """Why `model`'s outputs (of its style number `style`, on a multi-style network) are not
     close enough to its painting's statistics, or None."""
-    with Image.open(io.BytesIO(painting)) as im:
-        target = _grams(_tensor([np.asarray(im.convert("RGB"))]))
-    x = _tensor(probe_images(192))
-    ratios = (_distance(_run(model, x, style), target) / _distance(x, target)).tolist()
-    worst = max(ratios)
+    worst = max(style_ratios(lambda x: _run(model, x, style), painting))
     if worst > STYLE_RATIO:
         return (f"on the probe images its outputs are not like its painting: the texture "
                 f"statistics keep {worst:.2f} of the input's distance to it (at most "

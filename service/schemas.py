@@ -101,6 +101,20 @@ class JobStatus(BaseModel):
     started: str | None = Field(description="of the current attempt")
     finished: str | None
     attempts: int = Field(description="times a replica started it: more than 1 after one died")
+    detail: dict[str, Any] = Field(default_factory=dict, description="more progress, by kind: a "
+                                   "style being learned gives its losses and seconds left")
     error: ErrorBody | None = Field(description="why it failed")
     url: str = Field(description="this status")
     result: str | None = Field(description="where the output image is, once done")
+
+
+class StyleInfo(BaseModel):
+    name: str
+    models: list[str] = Field(description="the networks that hold it")
+    origin: str = Field(description="shipped, or learned (POST /v1/styles)")
+    learned: dict[str, Any] | None = Field(None, description="how it was learned: painting "
+                                           "digest, command, steps, losses, seconds")
+
+
+class StyleList(BaseModel):
+    styles: list[StyleInfo]

@@ -22,6 +22,12 @@ def _default_style_images() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _default_learn_photos() -> Path | None:
+    """The training photos of the shared data folder, when present."""
+    folder = data_root() / "photos"
+    return folder if folder.is_dir() else None
+
+
 def _default_policy_file() -> str:
     """Under the user's cache folder, so that `make serve` starts fast the second time."""
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -185,6 +191,22 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Redis calls of the jobs, which move inputs and results of "
                                 "up to the size limits")
 
+    # New styles learned from uploaded paintings (service/style_learning.py)
+    learn_photos_dir: Path | None = Field(
+        default_factory=lambda: _default_learn_photos(),
+        description="photos a new style trains on; unset = POST /v1/styles answers 503")
+    learn_base_model: str = Field("multistyle", description="the multi-style network that "
+                                                            "learns new styles")
+    learn_iterations: int = Field(4000, ge=1, description="training steps of a new style, at "
+                                                          "most")
+    learn_time_limit_s: float = Field(600.0, gt=0, description="training time of a new style, "
+                                                               "at most")
+    learn_crop_size: int = Field(128, ge=16, description="side of its training crops")
+    learn_extra_args: str = Field("", description="more flags for `python -m train multistyle "
+                                                  "--add-style`, e.g. --vgg-weights FILE")
+    learn_queue_limit: int = Field(4, ge=1, description="style jobs queued or running; one "
+                                                        "runs at a time per process")
+
     # Processes
     workers: int = Field(1, ge=1, le=64, description="HTTP worker processes on the one port, "
                                                      "each with its own models, batcher, "
@@ -250,7 +272,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("redis_url", "metrics_api_key", "admin_api_key", "style_images_dir",
-                     "memory_budget_bytes", mode="before")
+                     "memory_budget_bytes", "learn_photos_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return value or None

@@ -45,8 +45,8 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,10 +59,12 @@ NormStats = Literal["image", "tile"]
 @dataclass
 class Progress:
     """Tile passes done out of the total: written by whichever thread runs them, read by a job's
-    heartbeat (service/job_runner.py). An image in one pass is one of one."""
+    heartbeat (service/job_runner.py). An image in one pass is one of one. (A job that is not
+    an image counts its own units, training steps, and says more in `detail`.)"""
 
     done: int = 0
     total: int = 1
+    detail: dict[str, Any] = field(default_factory=dict)
 _EDGE_WEIGHT = 1e-3   # weight of the ignored outer part of an overlap (never 0: see feather)
 YIELD_S = 0.02        # the longest a background forward pass steps aside for other work
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
-from service import image_jobs
+from service import errors, image_jobs
 from service.deps import (
     OutputDep,
     ServicesDep,
@@ -21,6 +21,7 @@ from service.deps import (
 )
 from service.imaging import OUTPUT_CONTENT_TYPES
 from service.inference import OutputOptions, StyleOptions
+from service.job_runner import JobRunner
 from service.jobs import ID_PATTERN, Job
 from service.lifecycle import Services
 from service.registry import LoadedModel
@@ -62,7 +63,8 @@ async def superres_job(ticket: TicketDep, model: SuperResDep, options: OutputDep
 @router.get("/{job_id}", response_model=JobStatus, summary="A job's state and progress",
             responses={404: {"model": ErrorResponse, "description": "unknown or expired job"}})
 async def job_status(job_id: JobId, request: Request, services: ServicesDep) -> JobStatus:
-    return status(await services.jobs.get(job_id, _caller(request)))
+    runner = await _runner_of(services, job_id, caller(request))
+    return status(await runner.get(job_id, caller(request)))
 
 
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's output",
@@ -72,7 +74,8 @@ async def job_status(job_id: JobId, request: Request, services: ServicesDep) -> 
                        409: {"model": ErrorResponse,
                              "description": "not done yet (Retry-After), or failed"}})
 async def job_result(job_id: JobId, request: Request, services: ServicesDep) -> Response:
-    result = await services.jobs.result(job_id, _caller(request))
+    runner = await _runner_of(services, job_id, caller(request))
+    result = await runner.result(job_id, caller(request))
     return Response(result.body, media_type=result.content_type,
                     headers={"Cache-Control": "no-store"})
 
@@ -82,12 +85,23 @@ async def _submit(request: Request, services: Services, kind: str, model: Loaded
     data = await read_image(request, services.settings.max_body_bytes,
                             services.settings.body_timeout_s)
     job = await image_jobs.prepare(services.inference, kind, model, data, options, style,
-                                   _caller(request), timeout_s=services.settings.job_timeout_s)
+                                   caller(request), timeout_s=services.settings.job_timeout_s)
     body = status(await services.jobs.submit(job, data))
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.url})
 
 
-def _caller(request: Request) -> str | None:
+async def _runner_of(services: Services, job_id: str, who: str | None) -> JobRunner:
+    """The runner holding the job: image jobs, or styles being learned."""
+    for runner in (services.jobs, services.learning):
+        try:
+            await runner.get(job_id, who)
+        except errors.UnknownJob:
+            continue
+        return runner
+    raise errors.UnknownJob(f"no job {job_id} (unknown, or expired)")
+
+
+def caller(request: Request) -> str | None:
     """The API key's id (service/auth.py); None where no keys are configured."""
     return getattr(request.state, "caller", None)
 
@@ -98,6 +112,7 @@ def status(job: Job) -> JobStatus:
         id=job.id, kind=job.kind, state=job.state,
         progress=JobProgress(done=job.done, total=job.total), created=_iso(job.created) or "",
         started=_iso(job.started), finished=_iso(job.finished), attempts=job.attempts,
+        detail=job.detail,
         error=ErrorBody(code=job.error["code"], message=job.error["message"])
         if job.error else None,
         url=url, result=f"{url}/result" if job.state == "done" else None)

@@ -1,0 +1,148 @@
+"""New styles learned over HTTP (POST /v1/styles, service/style_learning.py): the limits, a
+real training process followed through the job, the reload gate deciding, the store left as
+it was when the style is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model_store import ModelStore
+from service import quality
+from tests.helpers import images
+from tests.helpers.models import make_multistyle_store
+from tests.helpers.server import running
+
+PNG = {"content-type": "image/png"}
+FAST = "--image-size 32 --batch-size 2 --lr 0.05 --device cpu --amp none --style-weight 1e-4"
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def painting() -> bytes:
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:] = (240, 200, 30)
+    stripes[::4] = (20, 20, 160)
+    return images.encode(Image.fromarray(stripes))
+
+
+async def finished(client, url: str, timeout_s: float = 240) -> dict:  # noqa: ANN001
+    end = time.monotonic() + timeout_s
+    seen = []
+    while True:
+        status = (await client.get(url)).json()
+        seen.append(status)
+        if status["state"] in ("done", "failed"):
+            return {**status, "seen": seen}
+        assert time.monotonic() < end, f"the job did not finish: {status}"
+        await asyncio.sleep(0.2)
+
+
+async def test_limits_are_answered_at_once(tmp_path, make_settings, photos):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=("wave",))
+    settings = make_settings(model_store=store.root, learn_photos_dir=photos)
+    async with running(settings) as r:
+        cases = [("udnie", painting(), 409, "style_exists"),
+                 ("wave", painting(), 409, "style_exists"),
+                 ("Bad Name", painting(), 422, "invalid_parameter"),
+                 ("../x", painting(), 422, "invalid_parameter"),
+                 ("fine", b"not an image", 400, "invalid_image"),
+                 ("fine", images.png(2000, 1000), 413, "image_too_large")]
+        for name, body, code, error in cases:
+            answer = await r.client.post("/v1/styles", params={"name": name}, content=body,
+                                         headers=PNG)
+            assert (answer.status_code, answer.json()["error"]["code"]) == (code, error), name
+        listed = (await r.client.get("/v1/styles")).json()["styles"]
+        assert [(s["name"], s["models"], s["origin"]) for s in listed] == [
+            ("candy", ["multistyle"], "shipped"), ("udnie", ["multistyle"], "shipped"),
+            ("wave", ["wave"], "shipped")]
+    async with running(make_settings(model_store=store.root, learn_photos_dir=None)) as r:
+        answer = await r.client.post("/v1/styles?name=fine", content=painting(), headers=PNG)
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "learning_unavailable"
+
+
+def learn_settings(make_settings, store: ModelStore, photos: Path):  # noqa: ANN201
+    return make_settings(model_store=store.root, learn_photos_dir=photos, learn_iterations=50,
+                         learn_crop_size=32, learn_extra_args=FAST, cache_bytes=0,
+                         job_lease_s=0.6)   # progress saved every 0.2 s
+
+
+async def test_a_style_the_gate_refuses_leaves_the_store_as_it_was(tmp_path, make_settings,
+                                                                    photos):
+    """A tiny random network cannot learn stripes in 50 steps: refused, and put back."""
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    before = {f: (store.root / "multistyle" / f).read_bytes()
+              for f in ("model.safetensors", "manifest.json")}
+    async with running(learn_settings(make_settings, store, photos)) as r:
+        submitted = await r.client.post("/v1/styles?name=stripes", content=painting(),
+                                        headers=PNG)
+        assert submitted.status_code == 202 and submitted.json()["kind"] == "learn-style"
+        status = await finished(r.client, submitted.json()["url"])
+        running_steps = [s["progress"]["done"] for s in status["seen"]
+                         if s["state"] == "running"]
+        assert running_steps == sorted(running_steps) and 25 in running_steps
+        assert status["progress"] == {"done": 50, "total": 50}
+        assert set(status["detail"]["losses"]) == {"content", "style", "tv", "total"}
+        assert status["state"] == "failed" and status["error"]["code"] == "style_rejected"
+        assert "texture statistics" in status["error"]["message"]
+        listed = {s["name"] for s in (await r.client.get("/v1/styles")).json()["styles"]}
+        assert listed == {"candy", "udnie"}
+        after = {f: (store.root / "multistyle" / f).read_bytes() for f in before}
+        assert after == before
+        assert not (store.root / "multistyle" / "paintings" / "stripes.jpg").exists()
+        assert (await r.client.post("/v1/stylize?style=stripes", content=images.png(),
+                                    headers=PNG)).status_code == 404
+
+
+async def test_a_learned_style_is_served_and_batched_with_the_others(tmp_path, make_settings,
+                                                                     photos):
+    """The painting is what the network's starting row for the new style already paints, so
+    the gate passes: the style is learned, served alone and in blends, the others unchanged."""
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    net, _ = store.load("multistyle")
+    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
+    body = images.encode(Image.fromarray(
+        (own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+    photo = images.png(40, 32, seed=4)
+    async with running(learn_settings(make_settings, store, photos)) as r:
+        async def stylize(style: str) -> bytes:
+            answer = await r.client.post("/v1/stylize", params={"style": style},
+                                         content=photo, headers=PNG)
+            assert answer.status_code == 200, answer.text
+            return answer.content
+
+        candy = await stylize("candy")
+        submitted = await r.client.post("/v1/styles?name=own", content=body, headers=PNG)
+        status = await finished(r.client, submitted.json()["url"])
+        assert status["state"] == "done", status["error"]
+        result = (await r.client.get(status["result"])).json()
+        assert result["style"] == "own" and result["reload"]["replaced"] == ["multistyle"]
+        assert result["painting_sha256"] == hashlib.sha256(body).hexdigest()
+        listed = {s["name"]: s for s in (await r.client.get("/v1/styles")).json()["styles"]}
+        assert listed["own"]["origin"] == "learned" and listed["candy"]["origin"] == "shipped"
+        assert listed["own"]["learned"]["steps"] == 50
+        assert await stylize("candy") == candy                    # the others as they were
+        assert await stylize("own") != candy
+        assert await stylize("own:0.5,candy:0.5") not in (candy, await stylize("own"))
+        kept = ModelStore(store.root).painting("multistyle", "own")
+        assert kept is not None
+        thumbnail = await r.client.get("/v1/styles/own/thumbnail")
+        assert thumbnail.status_code == 200
