@@ -36,6 +36,8 @@ for Real-Time Style Transfer and Super-Resolution*), batched on the GPU (CPU wit
 * Work a request cannot finish within its time limit (413 `too_slow`) can run as a job:
   `POST /v1/jobs/stylize` and `POST /v1/jobs/superres` take the same parameters and answer 202;
   `GET /v1/jobs/{id}` gives the state and progress, then the result's URL.
+* `POST /v1/styles?name=NAME` learns a new style from the painting in the body, as a job, into
+  the multi-style network; `GET /v1/styles` lists the styles and where they came from.
 * A web page at `/` uploads an image and shows the result; `GET /v1/styles/{name}/thumbnail`
   is a small JPEG of a style's painting.
 * Errors are JSON `{"error": {"code": ..., "message": ...}}`.
