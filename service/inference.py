@@ -27,6 +27,7 @@ import numpy as np
 
 from service import admission, errors, execution, imaging
 from service import batcher as batching
+from service.activations import CPU_PASS_TENSORS
 from service.cache import Cache, cache_key
 from service.memory import MemoryBudget
 from service.metrics import Metrics
@@ -119,7 +120,8 @@ class Inference:
             if style.mix is not None:   # rounded by the caller: equal blends share an entry
                 params["mix"] = list(style.mix)
         if self.tiling is not None:  # tiled outputs differ slightly with the tiling settings
-            params["tiling"] = [self.tiling.threshold_pixels, *self.tiling.tile_for(model.factor)]
+            params["tiling"] = [self.tiling.threshold_pixels, *self.tiling.tile_for(model.factor),
+                                self.memory.limit]   # which images tile depends on it too
         key = cache_key(hashlib.sha256(data).hexdigest(), model.digest, params)
         cached = await self.cache.get(key)
         if cached is not None:
@@ -186,7 +188,8 @@ class Inference:
                if style is not None and style.mix is not None else None)
         if not runs:
             output = prepared.pixels    # nothing of the style: the network need not run
-        elif self.tiling is not None and self.tiling.applies(h, w, f):
+        elif self._tiled(model, h, w):
+            assert self.tiling is not None
             if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
                 output = await self._run_tiled_image_norm(model, prepared.pixels, mix,
                                                           deadline, timings, progress)
@@ -208,22 +211,38 @@ class Inference:
         self.metrics.encode.observe(timings["encode"])
         return body, timings
 
+    def _network_bytes(self, model: LoadedModel, height: int, width: int) -> int:
+        """Host memory of one pass over a (height, width) input: its float input and output
+        and, on the CPU, its intermediates."""
+        f = model.factor
+        tensors = 4 * 3 * height * width * (1 + f * f)
+        if model.device.type == "cpu" and model.activations is not None:
+            tensors += int(CPU_PASS_TENSORS * model.activations.per_image(height, width)
+                           * model.dtype.itemsize)
+        return tensors
+
+    def _tiled(self, model: LoadedModel, height: int, width: int) -> bool:
+        """Whether an image runs in tiles: its output is over the tiling threshold, or it is
+        larger than a tile and one pass over it would hold more than half the memory budget."""
+        if self.tiling is None:
+            return False
+        if self.tiling.applies(height, width, model.factor):
+            return True
+        limit = self.memory.limit
+        return (limit is not None and max(height, width) > self.tiling.tile_for(model.factor)[0]
+                and self._network_bytes(model, height, width) > limit // 2)
+
     def predicted_bytes(self, model: LoadedModel, height: int, width: int, runs: bool) -> int:
         """Host memory a request holds from its decode to its encoded answer: the input, the
-        network's float tensors (on the CPU: its largest intermediate too) for the image or
-        for one batch of tiles with the stitcher's band, the output, and the encoder's copy."""
+        network's tensors for the image or for one batch of tiles with the stitcher's band,
+        the output, and the encoder's copy."""
         f = 1 if not runs else model.factor
         image, output = height * width * 3, height * width * f * f * 3
-
-        def network(h: int, w: int) -> int:
-            tensors = 4 * 3 * h * w * (1 + f * f)          # float input and output
-            if model.device.type == "cpu" and model.activations is not None:
-                tensors += model.activations.per_image(h, w) * model.dtype.itemsize
-            return tensors
-
+        network = partial(self._network_bytes, model)
         if not runs:
             compute = 0
-        elif self.tiling is not None and self.tiling.applies(height, width, f):
+        elif self._tiled(model, height, width):
+            assert self.tiling is not None
             size, _ = self.tiling.tile_for(f)
             th, tw = min(size, height), min(size, width)
             band = 2 * 4 * 3 * th * f * width * f         # a row of tiles, and its copy
@@ -239,7 +258,8 @@ class Inference:
         """Refuse at once what the measured speed says cannot finish in time: 413 when the
         compute alone is over the time limit, 503 with Retry-After when the wait so far
         leaves too little of it."""
-        pixels = (self.tiling.computed_pixels(height, width, model.factor)
+        pixels = (self.tiling.computed_pixels(height, width, model.factor,
+                                              self._tiled(model, height, width))
                   if self.tiling is not None else height * width)
         predicted = model.predicted_s(height, width, pixels)
         if predicted is None:

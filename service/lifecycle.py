@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from service import errors, image_jobs, style_learning
+from service.activations import CPU_PASS_TENSORS
 from service.admission import Admission, Phase
 from service.batcher import Batcher
 from service.cache import Cache, make_cache
@@ -213,8 +214,9 @@ def make_registry(settings: Settings) -> Registry:
                     max_batch_size=settings.max_batch_size,
                     max_batch_pixels=settings.max_batch_pixels, lanes=settings.lanes,
                     max_activation_bytes=settings.max_activation_bytes,
-                    host_activation_bytes=(settings.memory_budget_bytes // 2
-                                           if settings.memory_budget_bytes else None),
+                    host_activation_bytes=(  # a batch's pass within half the budget
+                        int(settings.memory_budget_bytes / 2 / CPU_PASS_TENSORS)
+                        if settings.memory_budget_bytes else None),
                     policy_store=PolicyStore(settings.policy_file or None),
                     remeasure=settings.remeasure)
 

@@ -71,10 +71,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a request must be answered within this; one predicted to "
                                 "compute longer is refused at once (413 too_slow)")
     memory_budget_bytes: int | None = Field(
-        1536 * MiB, ge=1, description="host memory the requests being computed may hold at "
+        1024 * MiB, ge=1, description="host memory the requests being computed may hold at "
                                       "once, per process (service/memory.py): inside the k8s "
-                                      "memory limits with the models and torch beside it; "
-                                      "unset = no budget")
+                                      "memory limits with the models and torch beside it. An "
+                                      "image one pass over which would hold more than half of "
+                                      "it runs in tiles; unset = no budget")
     batch_policy: Literal["measure", "fixed"] = Field(
         "measure", description="measure: at warm-up, time the execution paths, batch sizes and "
                                "concurrent forwards on this device and use the fastest; fixed: "
@@ -121,8 +122,9 @@ class Settings(BaseSettings):
                              "image's statistics first (matches untiled output; several "
                              "extra passes), 'tile' lets each tile use its own (one pass; "
                              "colours and contrast differ from untiled)")
-    superres_tile_size: int = Field(128, ge=16, description="super-resolution tile side, "
-                                                             "input pixels")
+    superres_tile_size: int = Field(128, ge=16, description="super-resolution tile side at "
+                                                             "x4, input pixels (x8: half, the "
+                                                             "same output size)")
     superres_tile_overlap: int = Field(16, ge=0, description="overlap of neighbouring "
                                                              "super-resolution tiles, input px")
 

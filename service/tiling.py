@@ -93,15 +93,19 @@ class TileConfig:
         return height * width * factor * factor > self.threshold_pixels
 
     def tile_for(self, factor: int) -> tuple[int, int]:
-        """(tile side, overlap) in input pixels for a model of this factor."""
+        """(tile side, overlap) in input pixels for a model of this factor. Super-resolution
+        tiles are `superres_size` at x4 and the same output size at other factors (x8: half
+        the side), since the network's memory grows with its output."""
         if factor == 1:
             return self.size, self.overlap
-        return self.superres_size, self.superres_overlap
+        return max(2 * self.superres_overlap + 8, self.superres_size * 4 // factor), \
+            self.superres_overlap
 
-    def computed_pixels(self, height: int, width: int, factor: int) -> int:
-        """Input pixels the network runs over for an image: the image, or its tiles with their
-        overlaps."""
-        if not self.applies(height, width, factor):
+    def computed_pixels(self, height: int, width: int, factor: int,
+                        tiled: bool | None = None) -> int:
+        """Input pixels the network runs over for an image: the image, or (`tiled`, by default
+        when over the threshold) its tiles with their overlaps."""
+        if not (self.applies(height, width, factor) if tiled is None else tiled):
             return height * width
         size, overlap = self.tile_for(factor)
         th, tw = min(size, height), min(size, width)

@@ -64,7 +64,7 @@ async def run_swap(log_dir: Path, quick: bool) -> dict[str, Any]:
             stop.set()
             await asyncio.gather(*loops)
             models = await Client(svc.port).request("GET", "/v1/models")
-    new = store.manifest(STYLE).sha256
+        new = store.manifest(STYLE).sha256
     windows = {"before": [d for d in done if d[0] < swap_start],
                "during": [d for d in done if swap_start <= d[0] < swap_end],
                "after": [d for d in done if d[0] >= swap_end]}

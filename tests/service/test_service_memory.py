@@ -8,6 +8,7 @@ import time
 import pytest
 
 from service import errors
+from service.activations import CPU_PASS_TENSORS
 from service.memory import MemoryBudget, MiB
 from tests.helpers import images
 from tests.helpers.server import running
@@ -60,7 +61,8 @@ async def test_never_fitting_is_413_and_waiting_past_the_deadline_is_503():
 
 
 async def test_the_service_refuses_an_image_over_its_budget(make_settings):
-    settings = make_settings(models=["udnie"], cache_bytes=0, memory_budget_bytes=1 * MiB)
+    settings = make_settings(models=["udnie"], cache_bytes=0, memory_budget_bytes=4 * MiB,
+                             tile_size=1024)
     async with running(settings) as r:
         small = await r.client.post("/v1/stylize?style=udnie", content=images.png(16, 16),
                                     headers={"content-type": "image/png"})
@@ -71,7 +73,7 @@ async def test_the_service_refuses_an_image_over_its_budget(make_settings):
         error = big.json()["error"]
         assert error["code"] == "image_too_large"
         assert "a 200x160 image on udnie needs about" in error["message"]
-        assert "1 MiB budget" in error["message"]
+        assert "4 MiB budget" in error["message"]
         inference = r.services.inference
         (model,) = r.services.registry.models()
         assert (inference.predicted_bytes(model, 160, 200, True)      # 4 x the pixels
@@ -84,10 +86,13 @@ async def test_a_tiled_image_fits_the_default_budget_with_its_tile_batches_bound
     async with running(make_settings(models=["sr8"], cache_bytes=0)) as r:
         (model,) = r.services.registry.models()
         budget = r.services.settings.memory_budget_bytes
-        assert r.services.registry.max_activation_bytes == budget // 2   # on the CPU
-        # 1024x1024 at x8: 128-px tiles whose largest tensor is 64 x 1024 x 1024 floats each,
-        # so a batch of 8 would hold 2 GiB; the batches are cut to fit half the budget
-        assert r.services.batcher.limit(("sr8", 128, 128)) == 3
+        # on the CPU a pass holds CPU_PASS_TENSORS of its largest tensor; half the budget
+        assert r.services.registry.max_activation_bytes == int(budget / 2 / CPU_PASS_TENSORS)
+        # 1024x1024 at x8: 64-px tiles (128 at x4: the same output), whose largest tensor is
+        # 64 x 512 x 512 floats, 64 MiB: 8 would hold 1.75 GiB in one pass; the batches are cut
+        # to fit half the budget
+        assert r.services.inference.tiling.tile_for(8) == (64, 16)
+        assert r.services.batcher.limit(("sr8", 64, 64)) == 2
         predicted = r.services.inference.predicted_bytes(model, 1024, 1024, True)
         output = (1024 * 8) ** 2 * 3                       # the uint8 result, 192 MiB
         assert 2 * output < predicted <= budget
