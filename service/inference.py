@@ -33,7 +33,14 @@ from service.memory import MemoryBudget
 from service.metrics import Metrics
 from service.registry import MIN_SIDE_PX, LoadedModel, Payload, is_oom
 from service.singleflight import SingleFlight
-from service.tiling import ImageNorm, Progress, TileConfig, has_instance_norm, run_tiled_async
+from service.tiling import (
+    ImageNorm,
+    Progress,
+    TileConfig,
+    has_instance_norm,
+    image_norm_passes,
+    run_tiled_async,
+)
 
 PIPELINE_VERSION = 4  # bump when decoding/encoding changes the bytes, to invalidate caches
 
@@ -190,7 +197,7 @@ class Inference:
             output = prepared.pixels    # nothing of the style: the network need not run
         elif self._tiled(model, h, w):
             assert self.tiling is not None
-            if self.tiling.norm_stats == "image" and has_instance_norm(model.module):
+            if self._image_norm(model):
                 output = await self._run_tiled_image_norm(model, prepared.pixels, mix,
                                                           deadline, timings, progress)
             else:
@@ -232,6 +239,11 @@ class Inference:
         return (limit is not None and max(height, width) > self.tiling.tile_for(model.factor)[0]
                 and self._network_bytes(model, height, width) > limit // 2)
 
+    def _image_norm(self, model: LoadedModel) -> bool:
+        """Whether its tiles run with the whole image's instance-norm statistics."""
+        return (self.tiling is not None and self.tiling.norm_stats == "image"
+                and has_instance_norm(model.module))
+
     def predicted_bytes(self, model: LoadedModel, height: int, width: int, runs: bool) -> int:
         """Host memory a request holds from its decode to its encoded answer: the input, the
         network's tensors for the image or for one batch of tiles with the stitcher's band,
@@ -258,12 +270,14 @@ class Inference:
         """Refuse at once what the measured speed says cannot finish in time: 413 when the
         compute alone is over the time limit, 503 with Retry-After when the wait so far
         leaves too little of it."""
-        pixels = (self.tiling.computed_pixels(height, width, model.factor,
-                                              self._tiled(model, height, width))
+        tiled = self._tiled(model, height, width)
+        pixels = (self.tiling.computed_pixels(height, width, model.factor, tiled)
                   if self.tiling is not None else height * width)
         predicted = model.predicted_s(height, width, pixels)
         if predicted is None:
             return
+        if tiled and self._image_norm(model):
+            predicted *= image_norm_passes(model.module)
         if predicted > time_limit_s:
             raise errors.TooSlow(
                 f"a {width}x{height} image takes about {predicted:.0f} s on {model.name} on "

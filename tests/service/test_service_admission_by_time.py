@@ -4,6 +4,7 @@ the cause."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -79,3 +80,35 @@ async def test_work_that_waited_too_long_gets_503_with_retry_after(make_settings
         assert e.value.status == 503 and e.value.code == "would_miss_deadline"
         assert e.value.headers["Retry-After"] == "2"
         inference._admit_by_time(model, 64, 64, time.monotonic() + 4.5, time_limit_s=5)  # fits
+
+
+def test_tiles_with_whole_image_statistics_cost_a_pass_per_norm_layer_more():
+    from nets.style_net import StyleNet
+    from nets.superres_net import SuperResNet
+    from service.tiling import image_norm_passes
+
+    # 3 down, 5 residual blocks of 2, 2 up: 15 instance norms, each measured by a pass that
+    # stops at it (half a pass on average), then the pass that computes the output
+    assert image_norm_passes(StyleNet(norm="instance")) == 1 + 15 / 2
+    assert image_norm_passes(SuperResNet(4, norm="none")) == 1
+
+
+async def test_tiled_work_with_image_statistics_is_predicted_with_its_extra_passes(
+        make_settings):
+    settings = make_settings(models=["udnie"], cache_bytes=0, request_timeout_s=2,
+                             tile_threshold_pixels=64 * 64, tile_size=48, tile_overlap=8)
+    async with running(settings) as r:
+        (model,) = r.services.registry.models()
+        model.policy = measured({1: 40.0})          # 40 ms per 32x32
+        body = images.png(80, 80)                   # 2 x 2 tiles of 48: 96 x 96 computed
+        refused = await r.client.post("/v1/stylize?style=udnie", content=body,
+                                      headers={"content-type": "image/png"})
+        # one pass over the tiles, 0.36 s, fits the 2 s; with the 15 measuring passes, 3.1 s
+        assert refused.status_code == 413
+        message = refused.json()["error"]["message"]
+        assert "about 3 s" in message and "2 s limit" in message
+        r.services.inference.tiling = dataclasses.replace(r.services.inference.tiling,
+                                                          norm_stats="tile")
+        admitted = await r.client.post("/v1/stylize?style=udnie", content=body,
+                                       headers={"content-type": "image/png"})
+        assert admitted.status_code == 200          # each tile its own statistics: one pass
