@@ -137,7 +137,7 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
     if w:
         lines += ["## A model swapped under load", "",
                   f"{w['clients']} closed-loop clients stylising with {STYLE} while a new version "
-                  f"of it (the same network saved in float16: another digest) is picked up by "
+                  f"of it (the same network saved in float32: another digest) is picked up by "
                   f"`POST /admin/models/reload`: answered {w['reload_status']} in "
                   f"{w['reload_s']} s; the new digest serves: {w['serving_new_digest']}. "
                   f"Requests lost: {w['lost']}; p99 during over before: {w['p99_ratio']} "

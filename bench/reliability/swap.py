@@ -1,9 +1,9 @@
 """The swap section: a model replaced while serving under closed-loop load
 (POST /admin/models/reload), and the requests, errors and p99 latency before, during and after.
 
-The new version is the shipped network saved again in float16: other weights (another digest),
-the same behaviour, so the reload loads, measures, checks and swaps it as it would a retrained
-model. Every request's input is new, so none is answered from the cache.
+The new version is the shipped network (stored in float16) saved again in float32: other bytes
+(another digest), the same behaviour, so the reload loads, measures, checks and swaps it as it
+would a retrained model. Every request's input is new, so none is answered from the cache.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ async def run_swap(log_dir: Path, quick: bool) -> dict[str, Any]:
             await asyncio.to_thread(
                 store.save, net, name=STYLE, task=manifest.task,
                 architecture=manifest.architecture, options=manifest.options,
-                dtype=torch.float16, training=manifest.training, metrics=manifest.metrics,
+                dtype=torch.float32, training=manifest.training, metrics=manifest.metrics,
                 iterations=manifest.iterations, loss_network=manifest.loss_network)
             swap_start = time.monotonic()
             reload = await Client(svc.port).request("POST", "/admin/models/reload", b"",
