@@ -8,14 +8,19 @@ and the in-flight count belong to `admission.Admission`; this module moves it be
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import logging
 import math
+import os
 import shlex
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 log = logging.getLogger("service.lifecycle")
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -104,7 +110,7 @@ class Services:
         if self.admission.phase != Phase.READY:
             raise errors.NotReady(f"the service is {self.admission.phase}; reload when ready",
                                   headers={"Retry-After": "1"})
-        report = await asyncio.to_thread(self.registry.reload)
+        report = await in_low_priority_thread(self.registry.reload)
         for result in ("added", "replaced", "removed", "refused"):
             if report[result]:
                 self.metrics.model_reloads.labels(result=result).inc(len(report[result]))
@@ -186,6 +192,30 @@ class Services:
                     log.warning("closing a redis client failed: %s", e)
         self.inference.close()
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def in_low_priority_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a thread of its own at the lowest CPU priority (on Linux a thread's nice value
+    is its own), so that a reload's loading, measuring and checking yield the cores to the
+    requests being served."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def run() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            outcome = functools.partial(done.set_result, fn())
+        except BaseException as e:  # delivered to the awaiting caller
+            outcome = functools.partial(done.set_exception, e)
+        loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
+    return await done
 
 
 def connect_redis(url: str, timeout_s: float) -> Redis:

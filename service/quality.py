@@ -18,8 +18,9 @@ untrained network, or a style network against another's painting, does not.
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,9 +31,11 @@ STYLE_RATIO = 0.5      # the ship gate: at most this much of the unstyled input'
 PROBES = 4
 
 
-def probe_images(side: int, count: int = PROBES) -> list[np.ndarray]:
+@functools.lru_cache(maxsize=4)
+def probe_images(side: int, count: int = PROBES) -> tuple[np.ndarray, ...]:
     """`count` deterministic (side, side, 3) uint8 images with what photographs have and a
-    network can get wrong: smooth colour, hard edges, thin lines, text."""
+    network can get wrong: smooth colour, hard edges, thin lines, text. Drawn once per size
+    (a reload under load should not hold the interpreter drawing them again); read-only."""
     font = ImageFont.load_default(size=14)
     out = []
     for seed in range(count):
@@ -56,10 +59,10 @@ def probe_images(side: int, count: int = PROBES) -> list[np.ndarray]:
             draw.text((int(rng.integers(0, side - 90)), int(rng.integers(0, side - 16))),
                       "Perceptual 2016", fill=colour(), font=font)
         out.append(np.asarray(im))
-    return out
+    return tuple(out)
 
 
-def _tensor(images: list[np.ndarray]) -> torch.Tensor:
+def _tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
