@@ -162,6 +162,10 @@ class JobFailed(ServiceError):
     status, code, reason = 409, "job_failed", "not_done"
 
 
+class JobEnded(ServiceError):
+    status, code, reason = 409, "job_ended", "not_done"
+
+
 class JobQueueFull(ServiceError):
     status, code, reason = 429, "job_queue_full", "queue_full"
 

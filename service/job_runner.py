@@ -74,8 +74,24 @@ class JobRunner:
             raise errors.UnknownJob(f"no job {job_id} (unknown, or expired)")
         return job
 
+    async def cancel(self, job_id: str, caller: str | None) -> Job:
+        """Cancel the caller's job if it is queued or running (409 once it has ended)."""
+        job = await self.get(job_id, caller)
+        if job.state not in ("queued", "running"):
+            raise errors.JobEnded(f"the job has ended ({job.state}); nothing to cancel")
+        try:
+            cancelled = await self.store.cancel(job_id)
+        except Exception as e:
+            raise _unavailable("cancel", e) from None
+        if cancelled is None:
+            raise errors.UnknownJob(f"no job {job_id} (unknown, or expired)")
+        self.metrics.jobs.labels(kind=job.kind, result="cancelled").inc()
+        return cancelled
+
     async def result(self, job_id: str, caller: str | None) -> JobOutput:
         job = await self.get(job_id, caller)
+        if job.state == "cancelled":
+            raise errors.JobFailed("the job was cancelled")
         if job.state == "failed":
             assert job.error is not None
             raise errors.JobFailed(f"the job failed: {job.error['code']}: "
@@ -146,7 +162,8 @@ class JobRunner:
                 job.done, job.total, job.detail = progress.done, progress.total, progress.detail
                 if not task.done() and not await self._heartbeat(job):
                     task.cancel()
-                    log.warning("job %s: lost its lease; another replica runs it", job.id)
+                    log.warning("job %s: lost its lease (cancelled, or run by another "
+                                "replica); stopped here", job.id)
                     return
             body: bytes | None = None
             try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-State = Literal["queued", "running", "done", "failed"]
+State = Literal["queued", "running", "done", "failed", "cancelled"]
 ID_PATTERN = r"^[A-Za-z0-9_-]{22}$"   # secrets.token_urlsafe(16): 128 random bits
 
 
@@ -88,6 +88,11 @@ class JobStore(Protocol):
 
     async def requeue_expired(self) -> list[str]:
         """Put the jobs whose lease ran out back at the head of the queue; their ids."""
+        ...
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job: out of the queue, or its lease taken away (its
+        replica stops it at its next heartbeat); the job as it now is, None if unknown."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...
@@ -199,6 +204,18 @@ class MemoryJobs:
             self._requeue(job_id)
         return expired
 
+    async def cancel(self, job_id: str) -> Job | None:
+        job = await self.get(job_id)
+        if job is None or job.state not in ("queued", "running"):
+            return job
+        if job_id in self._queue:
+            self._queue.remove(job_id)
+        self._leases.pop(job_id, None)
+        self._inputs.pop(job_id, None)
+        job.state, job.finished = "cancelled", time.time()
+        self._save(job)
+        return job
+
     async def get(self, job_id: str) -> Job | None:
         self._expire()
         entry = self._jobs.get(job_id)
@@ -271,6 +288,23 @@ end
 return ids
 """
 
+_CANCEL = """
+local text = redis.call('GET', KEYS[4])
+if not text then return false end
+local job = cjson.decode(text)
+if job['state'] == 'queued' or job['state'] == 'running' then
+  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('DEL', KEYS[5])
+  job['state'] = 'cancelled'
+  job['finished'] = tonumber(ARGV[2])
+  text = cjson.encode(job)
+  redis.call('SET', KEYS[4], text, 'KEEPTTL')
+end
+return text
+"""
+
 
 class RedisJobs:
     """Jobs shared by every replica on one Redis. `redis` is a client whose timeout allows a
@@ -289,6 +323,7 @@ class RedisJobs:
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._finish = redis.register_script(_FINISH)
         self._requeue = redis.register_script(_REQUEUE)
+        self._cancel = redis.register_script(_CANCEL)
 
     def _key(self, job_id: str, part: str = "") -> str:
         return f"{self.prefix}{job_id}{part}"
@@ -345,6 +380,12 @@ class RedisJobs:
         ids = await self._requeue(keys=[self._queue, self._leases, self._owners],
                                   args=["", time.time(), "", self.prefix])
         return [i.decode() for i in ids]
+
+    async def cancel(self, job_id: str) -> Job | None:
+        text = await self._cancel(
+            keys=[self._queue, self._leases, self._owners, self._key(job_id),
+                  self._key(job_id, ":in")], args=[job_id, time.time()])
+        return Job.from_json(text) if text else None
 
     async def get(self, job_id: str) -> Job | None:
         text = await self.redis.get(self._key(job_id))

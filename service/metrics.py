@@ -78,7 +78,7 @@ class Metrics:
             ["result"], registry=r)
         self.jobs = Counter(
             "service_jobs_total", "Jobs by kind and what happened: submitted, done, failed, "
-            "requeued (its replica stopped renewing the lease; kind not known then)",
+            "cancelled, requeued (its replica stopped renewing the lease; kind not known then)",
             ["kind", "result"], registry=r)
         self.gpu_memory = Gauge(
             "service_gpu_memory_bytes", "GPU memory allocated by torch",

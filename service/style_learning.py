@@ -96,7 +96,16 @@ def handler(learning: Learning, reload: Reload) -> Handler:
                 "seconds": round(time.monotonic() - started, 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             store.update_metrics(learning.base, {"learned_styles": learned})
-            report = await _install(learning, store, name, reload)
+            # Once started, the install finishes (or puts the store back) even if the job is
+            # cancelled meanwhile: never a half-written store, nor a temporary folder removed
+            # under it.
+            install = asyncio.ensure_future(_install(learning, store, name, reload))
+            try:
+                report = await asyncio.shield(install)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await install
+                raise
         return JobOutput(json.dumps({"style": name, "model": learning.base, "reload": report,
                                      **learned[name]}).encode(), "application/json")
 

@@ -1,5 +1,6 @@
 """Jobs: POST /v1/jobs/stylize and /v1/jobs/superres (the synchronous routes' parameters),
-answered 202 at once; GET /v1/jobs/{id} for the state and progress, then .../result."""
+answered 202 at once; GET /v1/jobs/{id} for the state and progress, then .../result; DELETE
+cancels."""
 
 from __future__ import annotations
 
@@ -65,6 +66,17 @@ async def superres_job(ticket: TicketDep, model: SuperResDep, options: OutputDep
 async def job_status(job_id: JobId, request: Request, services: ServicesDep) -> JobStatus:
     runner = await _runner_of(services, job_id, caller(request))
     return status(await runner.get(job_id, caller(request)))
+
+
+@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a job",
+               responses={404: {"model": ErrorResponse, "description": "unknown or expired job"},
+                          409: {"model": ErrorResponse, "description": "it has ended"}})
+async def cancel_job(job_id: JobId, request: Request, services: ServicesDep) -> JobStatus:
+    """A queued job leaves the queue; a running one stops at its next heartbeat (a third of
+    SERVICE_JOB_LEASE_S), a style being learned with its training process, the store as it
+    was."""
+    runner = await _runner_of(services, job_id, caller(request))
+    return status(await runner.cancel(job_id, caller(request)))
 
 
 @router.get("/{job_id}/result", response_class=Response, summary="A finished job's output",

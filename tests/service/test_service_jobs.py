@@ -312,3 +312,54 @@ async def test_redis_jobs_a_lost_lease_saves_nothing(redis_url, prefix):
         assert (await store.get(job.id)).state == "done"
     finally:
         await client.aclose()
+
+
+async def test_a_job_is_cancelled_queued_or_running(make_settings):
+    async with running(make_settings(models=["udnie"], job_lease_s=0.6)) as r:
+        gate = hold(r.services, "udnie")
+        first = (await r.client.post("/v1/jobs/stylize?style=udnie", content=images.png(),
+                                     headers=PNG)).json()
+        await until(gate.entered.is_set, what="the first job at the gate")
+        second = (await r.client.post("/v1/jobs/stylize?style=udnie",
+                                      content=images.png(seed=1), headers=PNG)).json()
+        third = (await r.client.post("/v1/jobs/stylize?style=udnie",
+                                     content=images.png(seed=2), headers=PNG)).json()
+        queued = await r.client.delete(second["url"])
+        assert queued.status_code == 200 and queued.json()["state"] == "cancelled"
+        assert queued.json()["finished"] is not None
+        running_one = await r.client.delete(first["url"])
+        assert running_one.json()["state"] == "cancelled"
+        gate.release.set()
+        assert (await finished(r.client, third["url"]))["state"] == "done"   # the queue moved on
+        for job in (first, second):
+            status = (await r.client.get(job["url"])).json()
+            assert status["state"] == "cancelled", job         # never done
+            result = await r.client.get(job["url"] + "/result")
+            assert result.status_code == 409 and "cancelled" in result.json()["error"]["message"]
+        again = await r.client.delete(first["url"])
+        assert again.status_code == 409 and again.json()["error"]["code"] == "job_ended"
+        assert (await r.client.delete("/v1/jobs/" + "A" * 22)).status_code == 404
+        assert await r.metric("service_jobs_total", result="cancelled") == 2
+
+
+async def test_redis_jobs_are_cancelled_out_of_the_queue_and_the_lease(redis_url, prefix):
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    store = RedisJobs(client, limit=4, ttl_s=60, prefix=prefix)
+    try:
+        running_job, queued_job = Job("E" * 22, "stylize", {}), Job("F" * 22, "stylize", {})
+        await store.submit(running_job, b"1")
+        await store.submit(queued_job, b"2")
+        claimed, _ = await store.claim("a", lease_s=10, wait_s=0)
+        assert claimed.id == running_job.id
+        assert (await store.cancel(queued_job.id)).state == "cancelled"
+        assert await client.llen(f"{prefix}jobs:queue") == 0
+        assert (await store.cancel(running_job.id)).state == "cancelled"
+        assert not await store.heartbeat(claimed, "a", lease_s=10)     # its replica stops
+        assert not await store.finish(claimed, "a", b"late")
+        assert (await store.get(running_job.id)).state == "cancelled"
+        assert (await store.cancel(running_job.id)).state == "cancelled"   # unchanged
+        assert await store.cancel("G" * 22) is None
+    finally:
+        await client.aclose()

@@ -18,7 +18,7 @@ from model_store import ModelStore
 from service import quality
 from tests.helpers import images
 from tests.helpers.models import make_multistyle_store
-from tests.helpers.server import running
+from tests.helpers.server import running, until
 
 PNG = {"content-type": "image/png"}
 FAST = "--image-size 32 --batch-size 2 --lr 0.05 --device cpu --amp none --style-weight 1e-4"
@@ -146,3 +146,42 @@ async def test_a_learned_style_is_served_and_batched_with_the_others(tmp_path, m
         assert kept is not None
         thumbnail = await r.client.get("/v1/styles/own/thumbnail")
         assert thumbnail.status_code == 200
+
+
+def trainers(photos: Path) -> list[int]:
+    """The `python -m train multistyle --add-style` processes running now on `photos`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--add-style" in argv and str(photos).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+async def test_a_cancelled_style_job_stops_its_training_and_changes_nothing(
+        tmp_path, make_settings, photos):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    before = {f: (store.root / "multistyle" / f).read_bytes()
+              for f in ("model.safetensors", "manifest.json")}
+    settings = learn_settings(make_settings, store, photos).model_copy(
+        update={"learn_iterations": 100_000, "learn_time_limit_s": 120})
+    async with running(settings) as r:
+        job = (await r.client.post("/v1/styles?name=stripes", content=painting(),
+                                   headers=PNG)).json()
+
+        async def training() -> bool:
+            return (await r.client.get(job["url"])).json()["progress"]["done"] >= 25
+
+        await until(training, timeout_s=120, what="the training's first progress")
+        assert trainers(photos)
+        cancelled = await r.client.delete(job["url"])
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        await until(lambda: not trainers(photos), what="the training process to stop")
+        assert (await r.client.get(job["url"])).json()["state"] == "cancelled"
+        listed = {s["name"] for s in (await r.client.get("/v1/styles")).json()["styles"]}
+        assert listed == {"candy", "udnie"}
+    after = {f: (store.root / "multistyle" / f).read_bytes() for f in before}
+    assert after == before
