@@ -1,6 +1,7 @@
 // The page at /: pick an image and a transform, POST it, show before/after, offer a download.
 // Work the service says is too slow for a request (413 too_slow) goes again as a job, with a
-// progress bar. Plain browser JavaScript, no build step and nothing from outside this service.
+// progress bar; a painting can be learned as a new style (POST /v1/styles), followed the same
+// way. Plain browser JavaScript, no build step and nothing from outside this service.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,6 +14,10 @@ const ui = {
   progress: $("progress"),
   resultBox: $("result-box"), compare: $("compare"), before: $("before"), result: $("result"),
   split: $("split"), download: $("download"), resultInfo: $("result-info"),
+};
+const learn = {
+  form: $("learn-form"), painting: $("painting"), name: $("style-name"), button: $("learn"),
+  progress: $("learn-progress"), status: $("learn-status"), error: $("learn-error"),
 };
 let image = null;                       // the chosen File
 const urls = { before: null, result: null };
@@ -45,33 +50,77 @@ async function errorText(response) {
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
-// POST /v1/jobs/..., then its status every half second (the bar shows the tiles done) until
-// it is done; the result, or an Error saying why not.
-async function runAsJob(url, body) {
-  const submitted = await fetch(url.replace("/v1/", "/v1/jobs/"),
-    { method: "POST", body, headers: headers() });
-  if (!submitted.ok) throw new Error(await errorText(submitted));
-  let job = await submitted.json();
-  ui.progress.hidden = false;
-  ui.progress.removeAttribute("value");               // indeterminate while queued
+// A job's status every `everyMs` until it ends, the bar and the status line following it
+// (`describe` words the progress); the ended job.
+async function followJob(job, bar, status, describe, everyMs = 500) {
+  bar.hidden = false;
+  bar.removeAttribute("value");                       // indeterminate while queued
   while (job.state === "queued" || job.state === "running") {
     if (job.progress.total) {
-      ui.progress.max = job.progress.total;
-      ui.progress.value = job.progress.done;
-      ui.status.textContent = `Working as a job: ${job.progress.done} of ` +
-        `${job.progress.total} tiles.`;
-    } else {
-      ui.status.textContent = "Queued as a job…";
+      bar.max = job.progress.total;
+      bar.value = job.progress.done;
     }
-    await sleep(500);
+    status.textContent = describe(job);
+    await sleep(everyMs);
     const polled = await fetch(job.url, { headers: headers() });
     if (!polled.ok) throw new Error(await errorText(polled));
     job = await polled.json();
   }
-  if (job.state === "failed") throw new Error(`${job.error.message} (${job.error.code})`);
+  if (job.state !== "done") {
+    throw new Error(job.error ? `${job.error.message} (${job.error.code})` : `it was ${job.state}`);
+  }
+  return job;
+}
+
+// POST /v1/jobs/..., followed until done (the bar shows the tiles); the result, or an Error.
+async function runAsJob(url, body) {
+  const submitted = await fetch(url.replace("/v1/", "/v1/jobs/"),
+    { method: "POST", body, headers: headers() });
+  if (!submitted.ok) throw new Error(await errorText(submitted));
+  const job = await followJob(await submitted.json(), ui.progress, ui.status, (j) =>
+    (j.progress.total ? `Working as a job: ${j.progress.done} of ${j.progress.total} tiles.`
+      : "Queued as a job…"));
   const result = await fetch(job.result, { headers: headers() });
   if (!result.ok) throw new Error(await errorText(result));
   return result;
+}
+
+// A new style from a painting (POST /v1/styles), followed to the end; then it is in the list.
+async function learnStyle(event) {
+  event.preventDefault();
+  learn.error.hidden = true;
+  const painting = learn.painting.files[0];
+  const name = learn.name.value.trim();
+  if (!painting || !name) {
+    learn.error.textContent = "Choose a painting and a name for its style.";
+    learn.error.hidden = false;
+    return;
+  }
+  const body = new FormData();
+  body.append("image", painting, painting.name);
+  learn.button.disabled = true;
+  try {
+    const submitted = await fetch(`/v1/styles?name=${encodeURIComponent(name)}`,
+      { method: "POST", body, headers: headers() });
+    if (!submitted.ok) throw new Error(await errorText(submitted));
+    await followJob(await submitted.json(), learn.progress, learn.status, (j) => {
+      if (!j.progress.total) return j.state === "queued" ? "Queued…" : "Starting…";
+      const left = j.detail && j.detail.seconds_left;
+      return `Learning: step ${j.progress.done} of ${j.progress.total}` +
+        (left === undefined ? "." : `, about ${Math.ceil(left)} s left.`);
+    }, 1000);
+    learn.status.textContent = `Learned ${name}: pick it above.`;
+    await loadModels();
+    const choice = ui.styles.querySelector(`input[value="${CSS.escape(name)}"]`);
+    if (choice) choice.checked = true;
+  } catch (e) {
+    learn.error.textContent = `The style could not be learned: ${e.message}`;
+    learn.error.hidden = false;
+    learn.status.textContent = "";
+  } finally {
+    learn.button.disabled = false;
+    learn.progress.hidden = true;
+  }
 }
 
 function setObjectUrl(which, blob) {
@@ -251,5 +300,6 @@ ui.split.addEventListener("input", () => {
 });
 ui.apiKey.addEventListener("change", loadModels);
 ui.form.addEventListener("submit", transform);
+learn.form.addEventListener("submit", learnStyle);
 showTaskOptions();
 loadModels();

@@ -241,3 +241,52 @@ def test_page_runs_work_too_slow_for_a_request_as_a_job_with_a_progress_bar(
         assert not page.locator("#progress").is_visible()
         assert not page.locator("#error").is_visible()
         assert page.locator("#status").inner_text() == "Done."
+
+
+@needs_chromium
+def test_page_learns_a_style_from_a_painting_and_stylizes_with_it(make_settings,
+                                                                 tmp_path: Path) -> None:  # noqa: ANN001
+    """The painting is what the tiny network's starting row for a new style paints already
+    (as in test_service_learn_style.py), so the gate passes after 50 steps."""
+    import numpy as np
+    import torch
+
+    from service import quality
+
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    net, _ = store.load("multistyle")
+    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
+    painting = tmp_path / "own.png"
+    Image.fromarray((own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+        painting)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(photos / f"{i}.png")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(images.png(40, 32, seed=5))
+    settings = make_settings(
+        model_store=store.root, learn_photos_dir=photos, learn_iterations=50, learn_crop_size=32,
+        job_lease_s=0.6, learn_extra_args="--image-size 32 --batch-size 2 --lr 0.05 --device cpu "
+                                          "--amp none --style-weight 1e-4")
+    with serve(settings) as url, browser_page(url) as page:
+        page.set_default_timeout(120_000)
+        page.wait_for_selector("#styles input[value=udnie]", state="attached")
+        page.locator("#new-style summary").click()
+        page.set_input_files("#painting", str(painting))
+        page.fill("#style-name", "own")
+        page.get_by_role("button", name="Learn this style").click()
+        page.locator("#learn-progress").wait_for(state="visible")
+        page.wait_for_function("document.getElementById('learn-status').textContent"
+                               ".startsWith('Learned own')")
+        assert not page.locator("#learn-progress").is_visible()
+        assert not page.locator("#learn-error").is_visible()
+        assert page.locator("#styles input[value=own]").is_checked()
+        page.set_input_files("#file", str(photo))
+        page.get_by_role("button", name="Transform").click()
+        page.wait_for_function("document.getElementById('result').naturalWidth > 0")
+        assert page.evaluate(NATURAL_SIZE) == [40, 32]
+        assert page.get_attribute("#download", "download") == "photo-own.png"
