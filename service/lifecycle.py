@@ -68,6 +68,7 @@ class Services:
     learning: JobRunner = field(init=False)   # styles learned from paintings, one at a time
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _follower: asyncio.Task[None] | None = field(default=None, repr=False)
     _device_check: asyncio.Future[None] | None = field(default=None, repr=False)
     _device_checked_at: float = field(default=-math.inf, repr=False)
 
@@ -77,6 +78,34 @@ class Services:
         self._loader = asyncio.create_task(self._load(), name="load-models")
         if self.metrics.multiprocess:
             self._refresher = asyncio.create_task(self._refresh_metrics(), name="metrics")
+
+    async def store_changed(self) -> None:
+        """Tell every replica that the store changed (a style was learned into it): with
+        Redis, a counter they follow (`_follow_store`); without, this process is the only one."""
+        if self.jobs_redis is not None:
+            with contextlib.suppress(Exception):
+                await self.jobs_redis.incr(self._store_version_key)
+
+    @property
+    def _store_version_key(self) -> str:
+        return self.settings.redis_key_prefix + "store:version"
+
+    async def _follow_store(self, every_s: float = 2.0) -> None:
+        """Reload when another replica says the store changed (replicas sharing one store, a
+        volume: the files are there, the models in memory are not)."""
+        assert self.jobs_redis is not None
+        first, seen = True, None     # None: no replica has changed the store yet
+        while True:
+            try:
+                version = await self.jobs_redis.get(self._store_version_key)
+                if not first and version != seen:
+                    report = await self.reload_models()
+                    log.info("the store changed on another replica; reloaded: %s", report)
+                first, seen = False, version
+            except Exception as e:
+                log.warning("following the store's version failed: %s: %s",
+                            type(e).__name__, e)
+            await asyncio.sleep(every_s)
 
     async def _refresh_metrics(self) -> None:
         """Several workers: this one's gauges, written where the others' scrapes read them."""
@@ -139,6 +168,8 @@ class Services:
         self.admission.mark_ready()
         self.jobs.start()
         self.learning.start()
+        if self.jobs_redis is not None:
+            self._follower = asyncio.create_task(self._follow_store(), name="job-store-follower")
         log.info("ready: %d models on %s in %.2fs", len(models), self.registry.device,
                  time.monotonic() - started)
 
@@ -175,7 +206,7 @@ class Services:
         return idle
 
     async def stop(self) -> None:
-        for task in (self._loader, self._refresher):
+        for task in (self._loader, self._refresher, self._follower):
             if task is not None and not task.done():
                 task.cancel()
         await self.jobs.stop()
@@ -309,6 +340,7 @@ def build_services(settings: Settings) -> Services:
                         inference, codec_pool, jobs, learn, redis, jobs_redis)
     services.learning = JobRunner(
         job_store(settings.learn_queue_limit, settings.redis_key_prefix + "learn:"),
-        style_learning.handler(learn, services.reload_models), metrics, workers=1,
+        style_learning.handler(learn, services.reload_models, services.store_changed),
+        metrics, workers=1,
         lease_s=settings.job_lease_s, max_attempts=1)
     return services

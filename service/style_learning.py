@@ -7,7 +7,9 @@ shift train, so the other styles stay as they were. Its progress comes from the 
 lines. When it ends, the new version and the painting go into the store and the service
 reloads (`Services.reload_models`): the reload gate (service/quality.py) checks the new style
 against its painting before it takes traffic, and if it fails, the store is put back as it was.
-A failed or cancelled job leaves the store and every served style as they were.
+A failed or cancelled job leaves the store and every served style as they were. With Redis,
+the other replicas are told (`Services.store_changed`) and reload too: those that share the
+store (a volume) then serve the style.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from service.tiling import Progress
 
 log = logging.getLogger("service.styles")
 Reload = Callable[[], Awaitable[dict[str, Any]]]
+Announce = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,9 @@ def command(learning: Learning, painting: Path, name: str, store: Path, runs: Pa
             "--progress-json", *learning.extra_args]
 
 
-def handler(learning: Learning, reload: Reload) -> Handler:
-    """Learns the style a job names from the painting it carries."""
+def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
+    """Learns the style a job names from the painting it carries; `announce` tells the other
+    replicas once it is in the store."""
 
     async def run(job: Job, data: bytes, progress: Progress) -> JobOutput:
         name = job.spec["name"]
@@ -106,6 +110,7 @@ def handler(learning: Learning, reload: Reload) -> Handler:
                 with contextlib.suppress(Exception):
                     await install
                 raise
+            await announce()
         return JobOutput(json.dumps({"style": name, "model": learning.base, "reload": report,
                                      **learned[name]}).encode(), "application/json")
 

@@ -77,6 +77,17 @@ async def test_limits_are_answered_at_once(tmp_path, make_settings, photos):
         assert answer.json()["error"]["code"] == "learning_unavailable"
 
 
+def own_painting(store: ModelStore) -> bytes:
+    """What the multi-style network's starting row for a new style, "own", paints on a probe
+    image: a painting whose style it can learn in a few steps (the gate passes)."""
+    net, _ = store.load("multistyle")
+    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
+    return images.encode(Image.fromarray(
+        (own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+
+
 def learn_settings(make_settings, store: ModelStore, photos: Path):  # noqa: ANN201
     return make_settings(model_store=store.root, learn_photos_dir=photos, learn_iterations=50,
                          learn_crop_size=32, learn_extra_args=FAST, cache_bytes=0,
@@ -115,12 +126,7 @@ async def test_a_learned_style_is_served_and_batched_with_the_others(tmp_path, m
     """The painting is what the network's starting row for the new style already paints, so
     the gate passes: the style is learned, served alone and in blends, the others unchanged."""
     store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
-    net, _ = store.load("multistyle")
-    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
-    with torch.no_grad():
-        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
-    body = images.encode(Image.fromarray(
-        (own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+    body = own_painting(store)
     photo = images.png(40, 32, seed=4)
     async with running(learn_settings(make_settings, store, photos)) as r:
         async def stylize(style: str) -> bytes:
@@ -185,3 +191,22 @@ async def test_a_cancelled_style_job_stops_its_training_and_changes_nothing(
         assert listed == {"candy", "udnie"}
     after = {f: (store.root / "multistyle" / f).read_bytes() for f in before}
     assert after == before
+
+
+async def test_with_redis_every_replica_sharing_the_store_serves_a_learned_style(
+        tmp_path, make_settings, photos, redis_url):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    body = own_painting(store)
+    settings = learn_settings(make_settings, store, photos).model_copy(
+        update={"redis_url": redis_url, "redis_key_prefix": f"test-learn-{time.time_ns()}:"})
+    async with running(settings) as a, running(settings) as b:
+        job = (await a.client.post("/v1/styles?name=own", content=body, headers=PNG)).json()
+        status = await finished(a.client, job["url"])   # run by either replica: one queue
+        assert status["state"] == "done", status["error"]
+        for replica in (a, b):
+            async def serves(r=replica) -> bool:
+                answer = await r.client.post("/v1/stylize?style=own", content=images.png(),
+                                             headers=PNG)
+                return answer.status_code == 200
+
+            await until(serves, timeout_s=30, what="the learned style on both replicas")
