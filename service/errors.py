@@ -237,5 +237,9 @@ class StyleRejected(ServiceError):
     status, code, reason = 422, "style_rejected", "bad_request"
 
 
+class QuotaExceeded(ServiceError):
+    status, code, reason = 429, "quota_exceeded", "rate_limited"
+
+
 class LearningUnavailable(ServiceError):
     status, code, reason = 503, "learning_unavailable", "unavailable"

@@ -35,6 +35,7 @@ from service.jobs import JobStore, MemoryJobs, RedisJobs
 from service.memory import MemoryBudget
 from service.metrics import BatchMetrics, Metrics
 from service.policy_store import PolicyStore
+from service.quota import Quota
 from service.ratelimit import Limiter, make_limiter
 from service.registry import LoadedModel, Payload, Registry, is_device_error, is_oom, model_of
 from service.settings import Settings
@@ -63,6 +64,7 @@ class Services:
     codec_pool: ThreadPoolExecutor
     jobs: JobRunner               # image jobs
     learn: Learning
+    learn_quota: Quota
     redis: Redis | None = None    # the one client (and pool) of the cache and the rate limit
     jobs_redis: Redis | None = None   # the jobs', with a timeout for moving whole images
     learning: JobRunner = field(init=False)   # styles learned from paintings, one at a time
@@ -337,7 +339,9 @@ def build_services(settings: Settings) -> Services:
                      settings.learn_iterations, settings.learn_time_limit_s,
                      settings.learn_crop_size, tuple(shlex.split(settings.learn_extra_args)))
     services = Services(settings, metrics, admission, registry, batcher, cache, limiter,
-                        inference, codec_pool, jobs, learn, redis, jobs_redis)
+                        inference, codec_pool, jobs, learn,
+                        Quota(settings.learn_quota_per_day, jobs_redis, settings.redis_key_prefix),
+                        redis, jobs_redis)
     services.learning = JobRunner(
         job_store(settings.learn_queue_limit, settings.redis_key_prefix + "learn:"),
         style_learning.handler(learn, services.reload_models, services.store_changed),

@@ -209,6 +209,9 @@ class Settings(BaseSettings):
                                                   "--add-style`, e.g. --vgg-weights FILE")
     learn_queue_limit: int = Field(4, ge=1, description="style jobs queued or running; one "
                                                         "runs at a time per process")
+    learn_quota_per_day: int = Field(5, ge=0, description="styles each API key (client "
+                                                          "address without keys) may learn a "
+                                                          "day; 429 past it")
 
     # Processes
     workers: int = Field(1, ge=1, le=64, description="HTTP worker processes on the one port, "

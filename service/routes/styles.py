@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from service import errors, imaging, style_learning
 from service.deps import ServicesDep, TicketDep, read_image
 from service.jobs import Job, new_id
+from service.ratelimit import caller_of
 from service.routes.jobs import SUBMIT_RESPONSES, caller, status
 from service.routes.transform import IMAGE_BODY
 from service.schemas import StyleInfo, StyleList
@@ -63,6 +64,7 @@ async def learn_style(
     await asyncio.get_running_loop().run_in_executor(    # an image within the limits, or 4xx
         services.codec_pool, partial(imaging.decode, data, max_pixels=settings.max_pixels,
                                      max_decoded_bytes=settings.max_decoded_bytes))
+    await services.learn_quota.take(caller_of(request.scope), "styles learned")
     job = Job(new_id(), "learn-style", {"name": name}, caller(request))
     body = status(await services.learning.submit(job, data))
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.url})

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import SecretStr
 
 from model_store import ModelStore
-from service import quality
+from service import errors, quality
 from tests.helpers import images
 from tests.helpers.models import make_multistyle_store
 from tests.helpers.server import running, until
@@ -210,3 +211,42 @@ async def test_with_redis_every_replica_sharing_the_store_serves_a_learned_style
                 return answer.status_code == 200
 
             await until(serves, timeout_s=30, what="the learned style on both replicas")
+
+
+async def test_each_key_has_a_daily_quota_of_styles(tmp_path, make_settings, photos):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    settings = learn_settings(make_settings, store, photos).model_copy(
+        update={"learn_quota_per_day": 1, "api_keys": [SecretStr("k1"), SecretStr("k2")]})
+    async with running(settings) as r:
+        async def learn(name: str, key: str):  # noqa: ANN202
+            return await r.client.post(f"/v1/styles?name={name}", content=painting(),
+                                       headers={**PNG, "x-api-key": key})
+
+        first = await learn("one", "k1")
+        assert first.status_code == 202
+        over = await learn("two", "k1")
+        assert over.status_code == 429 and over.json()["error"]["code"] == "quota_exceeded"
+        assert 86000 < int(over.headers["retry-after"]) <= 86400
+        other = await learn("two", "k2")                    # another key, its own quota
+        assert other.status_code == 202
+        for job, key in ((first, "k1"), (other, "k2")):     # no need to train them
+            await r.client.delete(job.json()["url"], headers={"x-api-key": key})
+
+
+async def test_the_quota_is_shared_in_redis(redis_url):
+    from redis.asyncio import Redis
+
+    from service.quota import Quota
+
+    client = Redis.from_url(redis_url)
+    try:
+        prefix = f"test-quota-{time.time_ns()}:"
+        replicas = [Quota(2, client, prefix), Quota(2, client, prefix)]
+        await replicas[0].take("key:a", "styles")
+        await replicas[1].take("key:a", "styles")
+        with pytest.raises(errors.QuotaExceeded) as refused:
+            await replicas[0].take("key:a", "styles")
+        assert 86000 < int(refused.value.headers["Retry-After"]) <= 86400
+        await replicas[1].take("key:b", "styles")
+    finally:
+        await client.aclose()
