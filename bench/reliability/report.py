@@ -10,7 +10,8 @@ from bench.reliability.process import SR_MODEL, STYLE
 def markdown(report: dict[str, Any], passed: bool) -> str:
     report = dict(report)
     errors = []
-    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "swap", "oversized"):
+    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "swap", "oversized",
+                 "learn"):
         section = report.get(name)
         if isinstance(section, dict) and "error" in section:
             errors.append(f"- **{name}** stopped with an error:\n\n```\n{section['error']}```")
@@ -164,6 +165,22 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                 answer += f" ({r['progress']['done']}/{r['progress']['total']} tiles)"
             lines.append(f"| {r['name']} | {r['input']} | {answer} | {r['seconds']} | "
                          f"{r['peak_rss_mib']} | {r['peak_over_idle_mib']} |")
+        lines.append("")
+    n = report.get("learn")
+    if n:
+        lines += ["## A style learned under load", "",
+                  f"`POST /v1/styles?name={n['painting']}` with the painting, while "
+                  f"{n['clients']} closed-loop clients stylise with {STYLE}: the job "
+                  f"{n['state']} after {n['steps']} steps ({n['training_s']} s of training); "
+                  f"the style served {n['serving_after_s']} s after the upload (within 10 "
+                  f"minutes: {n['within_target']}); the other requests failed: "
+                  f"{n['others_failed']}." + (f" Error: {n['error']}" if n["error"] else ""),
+                  "", "| window | requests | errors | p50 ms | p99 ms |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for name in ("before", "during"):
+            x = n[name]
+            lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
+                         f"{x['p99_ms']} |")
         lines.append("")
     if errors:
         lines += ["## Errors", "", *errors, ""]
