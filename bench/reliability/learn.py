@@ -15,10 +15,11 @@ import json
 import shutil
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from bench.reliability.client import PNG, Client, Inputs
+from bench.reliability.client import PNG, Client, Inputs, get
 from bench.reliability.process import STYLE, service
 from bench.reliability.stats import ms, pct
 from model_store import SHIPPED_ROOT, data_root
@@ -58,7 +59,10 @@ async def run_learn(log_dir: Path, quick: bool) -> dict[str, Any]:
             status = json.loads(reply.body)
             while status.get("state") in ("queued", "running"):
                 await asyncio.sleep(2)
-                status = json.loads((await control.request("GET", status["url"])).body)
+                with suppress(OSError, TimeoutError):   # a busy server: ask again
+                    code, _, body = await get(svc.port, status["url"])   # a connection each
+                    if code == 200:
+                        status = json.loads(body)
             served = await control.request("POST", f"/v1/stylize?style={PAINTING}",
                                            inputs.unique(), PNG)
             serving_after_s = time.monotonic() - submitted_at
