@@ -118,14 +118,14 @@ class JobRunner:
 
     async def stop(self) -> None:
         """Stop claiming; the jobs running here go back to the queue for another replica."""
+        running = list(self._running.values())    # cancelling the workers forgets them
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        for job in list(self._running.values()):
+        for job in running:
             with contextlib.suppress(Exception):
                 await self.store.release(job, self.owner)
-        self._running.clear()
 
     async def _work(self) -> None:
         while True:

@@ -363,3 +363,26 @@ async def test_redis_jobs_are_cancelled_out_of_the_queue_and_the_lease(redis_url
         assert await store.cancel("G" * 22) is None
     finally:
         await client.aclose()
+
+
+async def test_a_replica_shutting_down_hands_its_job_back_at_once(make_settings, redis_url,
+                                                                  prefix, tmp_path: Path):
+    """No wait for the lease (30 s here): the job is queued again as the replica stops."""
+    slow, fast = tmp_path / "slow.json", tmp_path / "fast.json"
+    slow.write_text(json.dumps({"side": 64, "batch_ms": {"1": 300}}))
+    fast.write_text(json.dumps({"side": 64, "batch_ms": {"1": 1}}))
+    common = dict(models=["sr4"], device="stub", redis_url=redis_url, redis_key_prefix=prefix,
+                  job_lease_s=30, tile_norm_stats="tile", max_batch_size=1, **TILED)
+    async with running(make_settings(stub_cost=slow, **common)) as a:
+        job = (await a.client.post("/v1/jobs/superres?factor=4", content=images.png(64, 64),
+                                   headers=PNG)).json()
+
+        async def started() -> bool:
+            return (await a.client.get(job["url"])).json()["state"] == "running"
+
+        await until(started, what="replica A running the job")
+    stopped = time.monotonic()
+    async with running(make_settings(stub_cost=fast, **common)) as b:
+        status = await finished(b.client, job["url"])
+        assert status["state"] == "done" and status["attempts"] == 2
+        assert time.monotonic() - stopped < 25            # well before A's lease ran out
