@@ -95,7 +95,7 @@ def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
             learned = manifest.metrics.get("learned_styles", {})
             learned[name] = {
                 "painting_sha256": hashlib.sha256(data).hexdigest(),
-                "command": " ".join(["python", *argv[1:3], *argv[3:]]).replace(str(work), "$TMP"),
+                "command": " ".join(["python", *argv[1:]]).replace(str(work), "$TMP"),
                 "steps": last.get("step"), "losses": last.get("losses"),
                 "seconds": round(time.monotonic() - started, 1),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
