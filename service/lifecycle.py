@@ -323,8 +323,8 @@ def build_services(settings: Settings) -> Services:
                           max_decoded_bytes=settings.max_decoded_bytes, tiling=tiling,
                           threads=registry.threads, time_limit_s=settings.request_timeout_s,
                           memory=MemoryBudget(settings.memory_budget_bytes))
-    jobs_redis = (connect_redis(settings.redis_url, settings.job_redis_timeout_s)
-                  if settings.redis_url else None)
+    jobs_url = settings.jobs_redis_url or settings.redis_url
+    jobs_redis = connect_redis(jobs_url, settings.job_redis_timeout_s) if jobs_url else None
 
     def job_store(limit: int, prefix: str) -> JobStore:
         if jobs_redis is not None:

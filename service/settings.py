@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     job_results_bytes: int = Field(512 * MiB, ge=1, description="results kept in process "
                                                                 "(without Redis), oldest "
                                                                 "dropped first")
+    jobs_redis_url: str | None = Field(
+        None, description="a Redis for the jobs other than the cache's (default: the same): "
+                          "the cache's evicts under memory pressure (allkeys-lru), which a job "
+                          "should not be; give the jobs one with --maxmemory-policy noeviction")
     job_redis_timeout_s: float = Field(
         10.0, gt=0, description="Redis calls of the jobs, which move inputs and results of "
                                 "up to the size limits")
@@ -278,7 +282,8 @@ class Settings(BaseSettings):
             return [int(n) for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("redis_url", "metrics_api_key", "admin_api_key", "style_images_dir",
+    @field_validator("redis_url", "jobs_redis_url", "metrics_api_key", "admin_api_key",
+                     "style_images_dir",
                      "memory_budget_bytes", "learn_photos_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

@@ -386,3 +386,13 @@ async def test_a_replica_shutting_down_hands_its_job_back_at_once(make_settings,
         status = await finished(b.client, job["url"])
         assert status["state"] == "done" and status["attempts"] == 2
         assert time.monotonic() - stopped < 25            # well before A's lease ran out
+
+
+async def test_jobs_may_have_a_redis_of_their_own(make_settings, redis_url, prefix):
+    settings = make_settings(models=["udnie"], jobs_redis_url=redis_url, redis_key_prefix=prefix)
+    async with running(settings) as r:
+        assert r.services.cache.backend == "memory"         # no SERVICE_REDIS_URL
+        assert r.services.jobs.store.backend == "redis"
+        job = (await r.client.post("/v1/jobs/stylize?style=udnie", content=images.png(),
+                                   headers=PNG)).json()
+        assert (await finished(r.client, job["url"]))["state"] == "done"
