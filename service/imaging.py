@@ -55,12 +55,6 @@ class Decoded:
     alpha: np.ndarray | None   # (H, W) uint8, None when absent or fully opaque
 
 
-def probe_size(data: bytes) -> tuple[int, int]:
-    """(width, height) read from the header only."""
-    with _open(data) as im:
-        return im.size
-
-
 def decode(data: bytes, *, max_pixels: int, scale: int = 1,
            max_output_pixels: int | None = None,
            max_decoded_bytes: int | None = None) -> Decoded:
