@@ -83,15 +83,22 @@ def cmd_painting(store: ModelStore, args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if store.manifest(args.name).task != "style":
+        manifest = store.manifest(args.name)
+        if manifest.task != "style":
             print(f"{args.name} is not a style model", file=sys.stderr)
             return 1
+        styles = manifest.options.get("styles")
+        if bool(styles) != bool(args.style) or (styles and args.style not in styles):
+            print(f"--style names one of a multi-style network's styles ({styles}), and only "
+                  "then", file=sys.stderr)
+            return 1
         with Image.open(args.image) as im:
-            size = store.save_painting(args.name, im)
+            size = store.save_painting(args.name, im, args.style or None)
     except (StoreError, OSError, UnidentifiedImageError) as e:
         print(f"cannot keep the painting of {args.name}: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {store.root / args.name / PAINTING} ({human_size(size)})")
+    where = f"paintings/{args.style}.jpg" if args.style else PAINTING
+    print(f"wrote {store.root / args.name / where} ({human_size(size)})")
     return 0
 
 
@@ -123,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "and the service's reload gate)")
     p.add_argument("name", help="the style model")
     p.add_argument("image", help="the painting's image file")
+    p.add_argument("--style", default="", help="a multi-style network's style it is the "
+                                               "painting of")
     p.set_defaults(run=cmd_painting)
     return parser
 

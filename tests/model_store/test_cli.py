@@ -94,3 +94,24 @@ def test_painting_is_kept_small_with_a_style_model(tmp_path, capsys):
     assert main(["painting", "--store", str(store.root), "sr", str(painting)]) == 1
     assert "not a style model" in capsys.readouterr().err
     assert main(["painting", "--store", str(store.root), "wave", str(tmp_path / "no.png")]) == 1
+
+
+def test_a_multistyle_network_keeps_a_painting_per_style(tmp_path, capsys):
+    from PIL import Image
+
+    from nets.multistyle_net import MultiStyleNet
+
+    store = ModelStore(tmp_path / "store")
+    store.save(MultiStyleNet(["a", "b"]), name="multi", task="style",
+               architecture="multistyle", options={"styles": ["a", "b"]})
+    painting = tmp_path / "b.png"
+    Image.new("RGB", (300, 300), (200, 10, 10)).save(painting)
+    assert main(["painting", "--store", str(store.root), "multi", str(painting)]) == 1
+    assert main(["painting", "--store", str(store.root), "multi", str(painting),
+                 "--style", "c"]) == 1
+    capsys.readouterr()
+    assert main(["painting", "--store", str(store.root), "multi", str(painting),
+                 "--style", "b"]) == 0
+    assert "multi/paintings/b.jpg" in capsys.readouterr().out
+    assert Image.open(io.BytesIO(store.painting("multi", "b"))).size == (256, 256)
+    assert store.painting("multi", "a") is None and store.painting("multi") is None
