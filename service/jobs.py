@@ -104,12 +104,14 @@ class JobStore(Protocol):
 
 class MemoryJobs:
     """One process's jobs. Finished jobs are dropped, oldest first, past `max_result_bytes` of
-    results, and every job `ttl_s` after it was last written."""
+    results or `max_records` records, and every job `ttl_s` after it was last written."""
 
     backend = "memory"
 
-    def __init__(self, *, limit: int, ttl_s: float, max_result_bytes: int) -> None:
+    def __init__(self, *, limit: int, ttl_s: float, max_result_bytes: int,
+                 max_records: int = 10_000) -> None:
         self.limit, self.ttl_s, self.max_result_bytes = limit, ttl_s, max_result_bytes
+        self.max_records = max_records
         self._jobs: OrderedDict[str, tuple[Job, float]] = OrderedDict()   # job, expiry
         self._inputs: dict[str, bytes] = {}
         self._results: OrderedDict[str, bytes] = OrderedDict()
@@ -120,6 +122,11 @@ class MemoryJobs:
     def _save(self, job: Job) -> None:
         self._jobs[job.id] = (job, time.monotonic() + self.ttl_s)
         self._jobs.move_to_end(job.id)
+        if len(self._jobs) > self.max_records:     # the least recently written that ended
+            ended = [i for i, (j, _) in self._jobs.items()
+                     if j.state not in ("queued", "running")]
+            for job_id in ended[:len(self._jobs) - self.max_records]:
+                self._drop(job_id)
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -284,6 +284,21 @@ async def test_memory_jobs_expire_and_keep_a_bounded_amount_of_results():
     assert await store.claim("me", lease_s=10, wait_s=0.05) is None
 
 
+async def test_memory_jobs_keep_a_bounded_number_of_ended_records():
+    store = MemoryJobs(limit=8, ttl_s=60, max_result_bytes=1000, max_records=3)
+    ended = []
+    for i in range(4):
+        await store.submit(Job(f"{i:022d}", "stylize", {}), b"in")
+        job, _ = await store.claim("me", lease_s=10, wait_s=0)
+        job.state = "failed"
+        await store.finish(job, "me", None)
+        ended.append(job.id)
+    queued = Job("Q" * 22, "stylize", {})
+    await store.submit(queued, b"in")           # past 3 records, the oldest ended ones go
+    assert [await store.get(i) is not None for i in ended] == [False, False, True, True]
+    assert (await store.get(queued.id)).state == "queued"
+
+
 async def test_redis_jobs_a_lost_lease_saves_nothing(redis_url, prefix):
     from redis.asyncio import Redis
 
