@@ -42,7 +42,7 @@ from service.tiling import (
     run_tiled_async,
 )
 
-PIPELINE_VERSION = 4  # bump when decoding/encoding changes the bytes, to invalidate caches
+PIPELINE_VERSION = 5  # bump when decoding/encoding changes the bytes, to invalidate caches
 
 
 @dataclass(frozen=True)
