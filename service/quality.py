@@ -80,12 +80,13 @@ def _run(model, x: torch.Tensor, style: int | None = None  # noqa: ANN001 - Load
 
 
 def _luma(x: torch.Tensor) -> torch.Tensor:
-    """Y of ITU-R BT.601 on 0..255, as super-resolution papers measure PSNR."""
+    """Y of ITU-R BT.601 (16..235) of images in [0, 1], as super-resolution papers measure."""
     weights = torch.tensor([65.481, 128.553, 24.966]).view(1, 3, 1, 1)
     return 16 + (x * weights).sum(1)
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> float:
+    """PSNR on Y of images in [0, 1], without `border` pixels at each side."""
     ya, yb = (_luma(t)[:, border:-border, border:-border] for t in (a, b))
     return float(10 * torch.log10(255 ** 2 / ((ya - yb) ** 2).mean()))
 
@@ -100,8 +101,8 @@ def superres_gate(model) -> str | None:  # noqa: ANN001 - registry.LoadedModel
     bicubic = [np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.BICUBIC))
                for im in lr]
     target = _tensor(hr)
-    net = _psnr((_run(model, _tensor(lr)) * 255).round(), target * 255, f)
-    base = _psnr(_tensor(bicubic) * 255, target * 255, f)
+    net = _psnr((_run(model, _tensor(lr)) * 255).round() / 255, target, f)   # as encoded
+    base = _psnr(_tensor(bicubic), target, f)
     if net <= base:
         return (f"on the probe images it upscales x{f} worse than bicubic: PSNR-Y {net:.2f} dB "
                 f"against {base:.2f}")

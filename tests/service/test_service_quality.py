@@ -4,6 +4,7 @@ multi-style network is checked on the styles whose paintings it keeps."""
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -86,3 +87,12 @@ def test_a_multistyle_network_is_checked_on_the_styles_it_keeps_paintings_of(shi
     problem = quality.check(model, {"udnie": SHIPPED.painting("candy")})
     assert problem is not None and problem.startswith("style udnie: ")
     assert quality.style_gate(model, SHIPPED.painting("udnie"), candy) is not None
+
+
+def test_psnr_is_on_the_y_channel_by_hand():
+    a = torch.zeros(1, 3, 10, 10)
+    b = a.clone()
+    b[..., 5, 5] = 1.0            # white against black: Y 235 against 16, 219 levels
+    # one pixel of the 8 x 8 inside the 1-pixel border: MSE 219^2 / 64
+    assert quality._psnr(a, b, 1) == pytest.approx(10 * math.log10(255**2 * 64 / 219**2))
+    assert quality._psnr(a, a, 1) == float("inf")
