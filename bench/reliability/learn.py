@@ -19,9 +19,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from bench.reliability.client import PNG, Client, Inputs, get
+from bench.reliability.client import PNG, Client, Inputs, Timed, get, timed_client, window
 from bench.reliability.process import STYLE, service
-from bench.reliability.stats import ms, pct
 from model_store import SHIPPED_ROOT, data_root
 
 PAINTING = "the_scream"      # one of the paintings no shipped model covers
@@ -39,18 +38,10 @@ async def run_learn(log_dir: Path, quick: bool) -> dict[str, Any]:
         with service(env, log_dir, "learn") as svc:
             await svc.ready()
             inputs, target = Inputs(64), f"/v1/stylize?style={STYLE}"
-            done: list[tuple[float, float, int | None]] = []
+            done: list[Timed] = []
             stop = asyncio.Event()
-
-            async def loop() -> None:
-                client = Client(svc.port)
-                while not stop.is_set():
-                    started = time.monotonic()
-                    reply = await client.request("POST", target, inputs.unique(), PNG)
-                    done.append((started, reply.seconds, reply.status))
-                client.close()
-
-            loops = [asyncio.create_task(loop()) for _ in range(CLIENTS)]
+            loops = [asyncio.create_task(timed_client(svc.port, target, inputs, done, stop))
+                     for _ in range(CLIENTS)]
             await asyncio.sleep(5 if quick else 20)
             control = Client(svc.port)
             submitted_at = time.monotonic()
@@ -73,14 +64,12 @@ async def run_learn(log_dir: Path, quick: bool) -> dict[str, Any]:
                "during": [d for d in done if d[0] >= submitted_at]}
     out: dict[str, Any] = {
         "painting": PAINTING, "clients": CLIENTS, "submit_status": reply.status,
-        "state": status.get("state"), "error": status.get("error"),
+        "state": status.get("state"), "job_error": status.get("error"),
         "steps": status.get("progress", {}).get("done"),
         "training_s": (status.get("detail") or {}).get("seconds"),
         "serving_after_s": round(serving_after_s, 1), "served_status": served.status,
         "within_target": served.status == 200 and serving_after_s <= TARGET_S}
     for name, rows in windows.items():
-        latencies = [s for _, s, st in rows if st == 200]
-        out[name] = {"requests": len(rows), "errors": sum(st != 200 for _, _, st in rows),
-                     "p50_ms": ms(pct(latencies, 50)), "p99_ms": ms(pct(latencies, 99))}
+        out[name] = window(rows)
     out["others_failed"] = out["before"]["errors"] + out["during"]["errors"]
     return out

@@ -143,13 +143,7 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"{w['reload_s']} s; the new digest serves: {w['serving_new_digest']}. "
                   f"Requests lost: {w['lost']}; p99 during over before: {w['p99_ratio']} "
                   f"(at most 2: {w['p99_within']}).", "",
-                  "| window | requests | errors | p50 ms | p99 ms |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for name in ("before", "during", "after"):
-            x = w[name]
-            lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
-                         f"{x['p99_ms']} |")
-        lines.append("")
+                  *windows_table(w, ("before", "during", "after")), ""]
     v = report.get("oversized")
     if v:
         lines += ["## Oversized work at the default limits", "",
@@ -172,18 +166,28 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"`POST /v1/styles?name={n['painting']}` with the painting, while "
                   f"{n['clients']} closed-loop clients stylise with {STYLE}: the job "
                   f"{n['state']} after {n['steps']} steps ({n['training_s']} s of training); "
-                  f"the style served {n['serving_after_s']} s after the upload (within 10 "
-                  f"minutes: {n['within_target']}); the other requests failed: "
-                  f"{n['others_failed']}." + (f" Error: {n['error']}" if n["error"] else ""),
-                  "", "| window | requests | errors | p50 ms | p99 ms |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for name in ("before", "during"):
-            x = n[name]
-            lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
-                         f"{x['p99_ms']} |")
-        lines.append("")
+                  + (f"the style served {n['serving_after_s']} s after the upload"
+                     if n["served_status"] == 200 else
+                     f"{n['serving_after_s']} s after the upload the style answered "
+                     f"{n['served_status']}")
+                  + f" (served within 10 minutes: {n['within_target']}); the other requests "
+                  f"failed: "
+                  f"{n['others_failed']}." + (f" The job's error: {n['job_error']}"
+                                              if n["job_error"] else ""),
+                  "", *windows_table(n, ("before", "during")), ""]
     if errors:
         lines += ["## Errors", "", *errors, ""]
     lines += [f"Verdict: {'every claim held' if passed else 'NOT every claim held (see above)'}.",
               ""]
     return "\n".join(lines)
+
+
+def windows_table(section: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The requests, errors and latencies of a section's time windows (reliability.client)."""
+    lines = ["| window | requests | errors | p50 ms | p99 ms |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name in names:
+        x = section[name]
+        lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
+                     f"{x['p99_ms']} |")
+    return lines

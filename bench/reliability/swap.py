@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 
-from bench.reliability.client import PNG, Client, Inputs
+from bench.reliability.client import Client, Inputs, Timed, timed_client, window
 from bench.reliability.process import SR_MODEL, STYLE, service
-from bench.reliability.stats import ms, pct
 from model_store import SHIPPED_ROOT, ModelStore
 
 CLIENTS = 8
@@ -36,18 +35,10 @@ async def run_swap(log_dir: Path, quick: bool) -> dict[str, Any]:
         with service(env, log_dir, "swap") as svc:
             await svc.ready()
             inputs, target = Inputs(64), f"/v1/stylize?style={STYLE}"
-            done: list[tuple[float, float, int | None]] = []   # start, seconds, status
+            done: list[Timed] = []
             stop = asyncio.Event()
-
-            async def loop() -> None:
-                client = Client(svc.port)
-                while not stop.is_set():
-                    started = time.monotonic()
-                    reply = await client.request("POST", target, inputs.unique(), PNG)
-                    done.append((started, reply.seconds, reply.status))
-                client.close()
-
-            loops = [asyncio.create_task(loop()) for _ in range(CLIENTS)]
+            loops = [asyncio.create_task(timed_client(svc.port, target, inputs, done, stop))
+                     for _ in range(CLIENTS)]
             await asyncio.sleep(settle_s)
             old = store.manifest(STYLE).sha256
             net, manifest = store.load(STYLE)
@@ -73,9 +64,7 @@ async def run_swap(log_dir: Path, quick: bool) -> dict[str, Any]:
                            "reload_s": round(swap_end - swap_start, 2),
                            "serving_new_digest": new != old and new in models.body.decode()}
     for name, rows in windows.items():
-        latencies = [s for _, s, status in rows if status == 200]
-        out[name] = {"requests": len(rows), "errors": sum(st != 200 for _, _, st in rows),
-                     "p50_ms": ms(pct(latencies, 50)), "p99_ms": ms(pct(latencies, 99))}
+        out[name] = window(rows)
     before, during = out["before"]["p99_ms"], out["during"]["p99_ms"]
     out["p99_ratio"] = round(during / before, 2) if before and during else None
     out["lost"] = sum(w["errors"] for w in (out["before"], out["during"], out["after"]))
