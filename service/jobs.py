@@ -12,6 +12,7 @@ The store knows nothing of images or models: a job's `spec` is the runner's busi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import time
@@ -120,6 +121,8 @@ class MemoryJobs:
         self._arrived = asyncio.Event()
 
     def _save(self, job: Job) -> None:
+        """Keep a copy: the runner's changes count when it saves them, as with Redis."""
+        job = dataclasses.replace(job)
         self._jobs[job.id] = (job, time.monotonic() + self.ttl_s)
         self._jobs.move_to_end(job.id)
         if len(self._jobs) > self.max_records:     # the least recently written that ended
@@ -162,8 +165,8 @@ class MemoryJobs:
         if not self._queue:
             return None
         job_id = self._queue.popleft()
-        job = self._jobs[job_id][0]
-        job.state, job.started, job.attempts = "running", time.time(), job.attempts + 1
+        job = dataclasses.replace(self._jobs[job_id][0], state="running", started=time.time(),
+                                  attempts=self._jobs[job_id][0].attempts + 1)
         self._leases[job_id] = (owner, time.monotonic() + lease_s)
         self._save(job)
         return job, self._inputs[job_id]
@@ -198,7 +201,7 @@ class MemoryJobs:
             self._requeue(job.id)
 
     def _requeue(self, job_id: str) -> None:
-        job = self._jobs[job_id][0]
+        job = self._jobs[job_id][0]       # the store's own copy
         job.state, job.started = "queued", None
         self._queue.appendleft(job_id)
         self._arrived.set()
@@ -215,6 +218,7 @@ class MemoryJobs:
         job = await self.get(job_id)
         if job is None or job.state not in ("queued", "running"):
             return job
+        job = self._jobs[job_id][0]
         if job_id in self._queue:
             self._queue.remove(job_id)
         self._leases.pop(job_id, None)
@@ -226,7 +230,7 @@ class MemoryJobs:
     async def get(self, job_id: str) -> Job | None:
         self._expire()
         entry = self._jobs.get(job_id)
-        return entry[0] if entry else None
+        return dataclasses.replace(entry[0]) if entry else None
 
     async def result(self, job_id: str) -> bytes | None:
         return self._results.get(job_id)
