@@ -87,3 +87,23 @@ def hold(services: object, name: str) -> Gate:
     gate = Gate(model.module)
     model.module = gate
     return gate
+
+
+def own_painting(store: ModelStore, name: str = "own") -> bytes:
+    """A PNG of what the store's multi-style network's starting row for a new style `name`
+    paints on a probe image: a painting it learns in a few steps (the reload gate passes)."""
+    import numpy as np
+    from PIL import Image
+
+    from service import quality
+    from tests.helpers import images
+
+    net, _ = store.load("multistyle")
+    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
+    grown = net.with_style(name).eval()
+    mix = torch.zeros(1, len(grown.styles))
+    mix[0, -1] = 1
+    with torch.no_grad():
+        own = grown(probe, mix)
+    return images.encode(Image.fromarray(
+        (own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from pydantic import SecretStr
 
 from model_store import ModelStore
-from service import errors, quality
+from service import errors
 from tests.helpers import images
-from tests.helpers.models import make_multistyle_store
+from tests.helpers.models import make_multistyle_store, own_painting
 from tests.helpers.server import running, until
 
 PNG = {"content-type": "image/png"}
@@ -76,17 +75,6 @@ async def test_limits_are_answered_at_once(tmp_path, make_settings, photos):
         answer = await r.client.post("/v1/styles?name=fine", content=painting(), headers=PNG)
         assert answer.status_code == 503
         assert answer.json()["error"]["code"] == "learning_unavailable"
-
-
-def own_painting(store: ModelStore) -> bytes:
-    """What the multi-style network's starting row for a new style, "own", paints on a probe
-    image: a painting whose style it can learn in a few steps (the gate passes)."""
-    net, _ = store.load("multistyle")
-    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
-    with torch.no_grad():
-        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
-    return images.encode(Image.fromarray(
-        (own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
 
 
 def learn_settings(make_settings, store: ModelStore, photos: Path):  # noqa: ANN201

@@ -21,7 +21,7 @@ from service.app import create_app
 from service.policy import ModelPolicy, SizeChoice
 from service.settings import Settings
 from tests.helpers import images
-from tests.helpers.models import hold, make_multistyle_store
+from tests.helpers.models import hold, make_multistyle_store, own_painting
 from tests.helpers.server import running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -249,18 +249,10 @@ def test_page_learns_a_style_from_a_painting_and_stylizes_with_it(make_settings,
     """The painting is what the tiny network's starting row for a new style paints already
     (as in test_service_learn_style.py), so the gate passes after 50 steps."""
     import numpy as np
-    import torch
-
-    from service import quality
 
     store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
-    net, _ = store.load("multistyle")
-    probe = torch.from_numpy(quality.probe_images(192)[1].copy()).permute(2, 0, 1)[None] / 255
-    with torch.no_grad():
-        own = net.with_style("own").eval()(probe, torch.tensor([[0.0, 0.0, 1.0]]))
     painting = tmp_path / "own.png"
-    Image.fromarray((own[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-        painting)
+    painting.write_bytes(own_painting(store))
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
