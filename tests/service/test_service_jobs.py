@@ -191,6 +191,14 @@ async def test_a_job_belongs_to_the_key_that_submitted_it(make_settings):
 # -- Redis ----------------------------------------------------------------------------------
 
 
+def stub_costs(folder: Path) -> tuple[Path, Path]:
+    """Stub device costs: a slow one (0.3 s a 64-px tile out) and a fast one (1 ms)."""
+    slow, fast = folder / "slow.json", folder / "fast.json"
+    slow.write_text(json.dumps({"side": 64, "batch_ms": {"1": 300}}))
+    fast.write_text(json.dumps({"side": 64, "batch_ms": {"1": 1}}))
+    return slow, fast
+
+
 @pytest.fixture
 def prefix(request) -> str:  # noqa: ANN001
     """Keys of this test only."""
@@ -229,9 +237,7 @@ async def test_a_job_whose_replica_dies_is_run_by_another(make_settings, redis_u
                                                           store_root: Path, tmp_path: Path):
     """Replica A, a real process, claims the job and is killed (SIGKILL) while running it;
     replica B sees the lease run out, queues the job again and runs it to the end."""
-    slow, fast = tmp_path / "slow.json", tmp_path / "fast.json"
-    slow.write_text(json.dumps({"side": 64, "batch_ms": {"1": 300}}))   # 0.3 s a tile
-    fast.write_text(json.dumps({"side": 64, "batch_ms": {"1": 1}}))
+    slow, fast = stub_costs(tmp_path)
     shared = {"SERVICE_MODEL_STORE": str(store_root), "SERVICE_MODELS": "sr4",
               "SERVICE_DEVICE": "stub", "SERVICE_REDIS_URL": redis_url,
               "SERVICE_REDIS_KEY_PREFIX": prefix, "SERVICE_JOB_LEASE_S": "1",
@@ -383,9 +389,7 @@ async def test_redis_jobs_are_cancelled_out_of_the_queue_and_the_lease(redis_url
 async def test_a_replica_shutting_down_hands_its_job_back_at_once(make_settings, redis_url,
                                                                   prefix, tmp_path: Path):
     """No wait for the lease (30 s here): the job is queued again as the replica stops."""
-    slow, fast = tmp_path / "slow.json", tmp_path / "fast.json"
-    slow.write_text(json.dumps({"side": 64, "batch_ms": {"1": 300}}))
-    fast.write_text(json.dumps({"side": 64, "batch_ms": {"1": 1}}))
+    slow, fast = stub_costs(tmp_path)
     common = dict(models=["sr4"], device="stub", redis_url=redis_url, redis_key_prefix=prefix,
                   job_lease_s=30, tile_norm_stats="tile", max_batch_size=1, **TILED)
     async with running(make_settings(stub_cost=slow, **common)) as a:
