@@ -7,7 +7,7 @@ import sys
 
 BENCHMARKS = {"model": "bench.model", "reliability": "bench.reliability",
               "service": "bench.service", "cache": "bench.cache", "styles": "bench.styles",
-              "startup": "bench.startup"}
+              "startup": "bench.startup", "live": "bench.live"}
 
 
 def main() -> int:

@@ -10,6 +10,9 @@ requests as raw HTTP/1.1 (`Connection`): a few microseconds of client CPU per re
 httpx client takes about a millisecond, which on a small machine the server would miss. With
 `paths` (a list) the k-th request goes to paths[k % len(paths)] with bodies[k % len(bodies)],
 e.g. cycling styles.
+`trace` adds every answer of a level as [start, end, status] (perf_counter: CLOCK_MONOTONIC, the
+same clock in every process on Linux), and a level also ends once the file `until` exists: what
+`bench live` uses to line answers up with changes it makes meanwhile.
 With `rounds` > 1 the levels are visited again, in reverse order every other round (1 2 4 4 2
 1 ...), and each level's windows are pooled: a drift of the machine's speed during the sweep
 then weighs on every level alike instead of on the last ones.
@@ -108,7 +111,9 @@ def summarize(concurrency: int, windows: list[dict]) -> dict:
             "batches": dict(dist), "forward_passes": passes,
             "mean_batch": images / passes if passes else None,
             "mean_forward_ms": 1000 * forward_s / passes if passes else None,
-            "singleflight_shared": shared, **cpu_per_request(windows, completed)}
+            "singleflight_shared": shared, **cpu_per_request(windows, completed),
+            **({"trace": [r for w in windows for r in w["trace"]]}
+               if all("trace" in w for w in windows) else {})}
 
 
 def cpu_per_request(windows: list[dict], completed: int) -> dict[str, float]:
@@ -180,7 +185,7 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
                    for _ in range(concurrency)]
     start = time.perf_counter()
     window: dict[str, float] = {"from": start + warmup_s, "to": float("inf")}
-    done: list[tuple[float, float, object]] = []     # (end, latency, status)
+    done: list[tuple[float, float, object]] = []     # (start, end, status)
     stop = asyncio.Event()
     scrapes: dict[str, str] = {}
     cpu: dict[str, float] = {}
@@ -192,8 +197,7 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
             k += concurrency
             t0 = time.perf_counter()
             status = await connections[i].post(path, body, content_type)
-            t1 = time.perf_counter()
-            done.append((t1, t1 - t0, status))
+            done.append((t0, time.perf_counter(), status))
 
     def cpu_now(when: str) -> None:
         cpu[f"client_{when}"] = time.process_time()
@@ -208,8 +212,9 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
             await asyncio.sleep(0.05)
             now = time.perf_counter()
             elapsed = now - window["from"]
-            in_window = sum(1 for end, _, _ in done if end >= window["from"])
-            if (elapsed >= duration_s and in_window >= min_done) or elapsed >= max_s:
+            in_window = sum(1 for _, end, _ in done if end >= window["from"])
+            if ((elapsed >= duration_s and in_window >= min_done) or elapsed >= max_s
+                    or (spec.get("until") and Path(spec["until"]).exists())):
                 window["to"] = now
                 cpu_now("after")
                 scrapes["after"] = (await client.get("/metrics")).text
@@ -219,8 +224,9 @@ async def run_window(client: httpx.AsyncClient, spec: dict, bodies: list[bytes],
     await asyncio.gather(referee(), *(worker(i) for i in range(concurrency)))
     for connection in connections:
         connection.close()
-    return {"inside": [(lat, st) for end, lat, st in done
-                       if window["from"] <= end <= window["to"]],
+    inside = [(t0, t1, st) for t0, t1, st in done if window["from"] <= t1 <= window["to"]]
+    return {"inside": [(t1 - t0, st) for t0, t1, st in inside],
+            **({"trace": inside} if spec.get("trace") else {}),
             "window_s": window["to"] - window["from"],
             "errors_total": sum(1 for _, _, st in done if st != 200),
             "batches": batch_sizes(scrapes["before"], scrapes["after"]),
@@ -240,8 +246,8 @@ async def run(spec: dict) -> list[dict]:
                 w = await run_window(client, spec, bodies, concurrency)
                 windows[concurrency].append(w)
                 row = summarize(concurrency, [w])
-                print(json.dumps({k: v for k, v in row.items() if k != "statuses"}),
-                      file=sys.stderr, flush=True)
+                brief = {k: v for k, v in row.items() if k not in ("statuses", "trace")}
+                print(json.dumps(brief), file=sys.stderr, flush=True)
     return [summarize(c, windows[c]) for c in levels]
 
 

@@ -138,16 +138,18 @@ def redis_on(port: int, ready_timeout_s: float = 10) -> Iterator[subprocess.Pope
 
 def drive(url: str, path: str | list[str], bodies: list[Path], levels: list[int], *,
           duration_s: float, warmup_s: float, min_done: int, max_s: float, rounds: int = 1,
-          content_type: str = "image/png", server_pid: int | None = None) -> list[dict]:
+          content_type: str = "image/png", server_pid: int | None = None,
+          trace: bool = False, until: Path | None = None) -> list[dict]:
     """Run `bench.load` in its own process against `url`; its per-level results. Several
     `path`s: the requests cycle through them; `rounds`: each level's windows pooled over
     rounds that alternate the order of the levels (see bench.load); `server_pid`: the CPU time
-    of that process and those under it is measured too."""
+    of that process and those under it is measured too; `trace`, `until`: see bench.load."""
     paths = [path] if isinstance(path, str) else list(path)
     spec = {"url": url, "path": paths[0], "paths": paths, "bodies": [str(b) for b in bodies],
             "levels": levels, "duration_s": duration_s, "warmup_s": warmup_s,
             "min_done": min_done, "max_s": max_s, "rounds": rounds,
-            "content_type": content_type, "server_pid": server_pid}
+            "content_type": content_type, "server_pid": server_pid, "trace": trace,
+            "until": str(until) if until else None}
     proc = subprocess.run([sys.executable, "-m", "bench.load"], cwd=ROOT,
                           input=json.dumps(spec), capture_output=True, text=True,
                           timeout=rounds * len(levels) * (max_s + warmup_s + 600))

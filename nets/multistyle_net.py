@@ -65,6 +65,23 @@ class MultiStyleNet(StyleTable):
             value.copy_(old)
         return grown
 
+    def without_style(self, name: str) -> MultiStyleNet:
+        """A copy of this network without the style `name` (its rows of scale and shift);
+        every other style computes as before."""
+        if name not in self.styles or len(self.styles) == 1:
+            raise ValueError(f"style {name!r} is not one of {self.styles} that can be dropped")
+        index = self.styles.index(name)
+        first = next(m for m in self.modules() if isinstance(m, ConditionalInstanceNorm))
+        kept = MultiStyleNet([s for s in self.styles if s != name], *self.options()).to(
+            first.scale.device)
+        state = self.state_dict()
+        for key, value in kept.state_dict().items():
+            old = state[key]
+            if old.shape != value.shape:   # a scale or shift: (S, C) -> (S - 1, C)
+                old = torch.cat([old[:index], old[index + 1:]])
+            value.copy_(old)
+        return kept
+
     def options(self) -> tuple[Upsample, Padding]:
         """The upsample and padding this network was built with."""
         return self._upsample, self._padding

@@ -231,6 +231,12 @@ class StyleExists(ServiceError):
     status, code, reason = 409, "style_exists", "conflict"
 
 
+class NotStyleOwner(ServiceError):
+    """Only the API key that learned a style may learn it again."""
+
+    status, code, reason = 403, "not_style_owner", "forbidden"
+
+
 class StyleRejected(ServiceError):
     """A learned style failed the reload gate: the store was put back as it was."""
 

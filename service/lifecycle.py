@@ -337,7 +337,8 @@ def build_services(settings: Settings) -> Services:
                      metrics, workers=settings.job_workers, lease_s=settings.job_lease_s)
     learn = Learning(settings.model_store, settings.learn_base_model, settings.learn_photos_dir,
                      settings.learn_iterations, settings.learn_time_limit_s,
-                     settings.learn_crop_size, tuple(shlex.split(settings.learn_extra_args)))
+                     settings.learn_crop_size, settings.learn_threads,
+                     tuple(shlex.split(settings.learn_extra_args)))
     services = Services(settings, metrics, admission, registry, batcher, cache, limiter,
                         inference, codec_pool, jobs, learn,
                         Quota(settings.learn_quota_per_day, jobs_redis, settings.redis_key_prefix),

@@ -316,9 +316,13 @@ class Registry:
             for name in names:
                 current = self._models.get(name)
                 try:
-                    digest = self.store.manifest(name).sha256
+                    manifest = self.store.manifest(name)
+                    digest = manifest.sha256
                     if current is not None and current.digest == digest:
-                        self.refused.pop(name, None)    # the store is back to what serves
+                        # the same weights (the store may be back to what serves); what the
+                        # manifest says of them may be new, e.g. a style learned again
+                        current.manifest = manifest
+                        self.refused.pop(name, None)
                         continue
                     model = self._load(name, environment)
                     problem = check(model, self._paintings(model))

@@ -210,6 +210,8 @@ class Settings(BaseSettings):
         480.0, gt=0, description="training time of a new style, at most: with the loss "
                                  "network's start and the reload, served within 10 minutes")
     learn_crop_size: int = Field(128, ge=16, description="side of its training crops")
+    learn_threads: int = Field(1, ge=1, description="CPU threads of the trainer: on a CPU "
+                                                    "server one core learns, the others serve")
     learn_extra_args: str = Field("", description="more flags for `python -m train multistyle "
                                                   "--add-style`, e.g. --vgg-weights FILE")
     learn_queue_limit: int = Field(4, ge=1, description="style jobs queued or running; one "

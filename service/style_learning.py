@@ -52,6 +52,7 @@ class Learning:
     iterations: int
     time_limit_s: float
     crop_size: int
+    threads: int = 1                   # the trainer's CPU threads
     extra_args: tuple[str, ...] = ()   # e.g. --vgg-weights FILE, --device cuda
 
 
@@ -64,8 +65,8 @@ def unavailable(learning: Learning, loaded: list[str]) -> str | None:
     return None
 
 
-def command(learning: Learning, painting: Path, name: str, store: Path, runs: Path
-            ) -> list[str]:
+def command(learning: Learning, painting: Path, name: str, store: Path, runs: Path,
+            replace: bool = False) -> list[str]:
     assert learning.photos is not None
     return [sys.executable, "-m", "train", "multistyle", "--add-style", str(painting),
             "--name", name, "--init-from", learning.base, "--store", str(store),
@@ -73,7 +74,7 @@ def command(learning: Learning, painting: Path, name: str, store: Path, runs: Pa
             "--iterations", str(learning.iterations),
             "--time-limit-s", str(learning.time_limit_s), "--checkpoint-dir", str(runs),
             "--checkpoint-every", str(10 * learning.iterations), "--save-dtype", "float32",
-            "--progress-json", *learning.extra_args]
+            "--progress-json", *(["--replace"] if replace else []), *learning.extra_args]
 
 
 def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
@@ -89,8 +90,9 @@ def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
             shutil.copytree(learning.store / learning.base, store.root / learning.base)
             painting = work / "painting"
             painting.write_bytes(data)
-            argv = command(learning, painting, name, store.root, work / "runs")
-            last = await _train(argv, progress)
+            argv = command(learning, painting, name, store.root, work / "runs",
+                           replace=bool(job.spec.get("replace")))
+            last = await _train(argv, progress, learning.threads)
             manifest = store.manifest(learning.base)
             learned = manifest.metrics.get("learned_styles", {})
             learned[name] = {
@@ -98,6 +100,7 @@ def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
                 "command": " ".join(["python", *argv[1:]]).replace(str(work), "$TMP"),
                 "steps": last.get("step"), "losses": last.get("losses"),
                 "seconds": round(time.monotonic() - started, 1),
+                "owner": job.caller,      # the API key that may learn it again (replace)
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             store.update_metrics(learning.base, {"learned_styles": learned})
             # Once started, the install finishes (or puts the store back) even if the job is
@@ -117,11 +120,11 @@ def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
     return run
 
 
-async def _train(argv: list[str], progress: Progress) -> dict[str, Any]:
+async def _train(argv: list[str], progress: Progress, threads: int) -> dict[str, Any]:
     """Run the trainer, following its progress; its last progress line."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)})
     assert proc.stdout is not None and proc.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
 

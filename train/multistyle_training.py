@@ -69,6 +69,7 @@ def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
         if cfg.style_weight == "auto":
             weight = resolve_style_weight(cfg, cfg.add_style)
             cfg = dataclasses.replace(cfg, style_weight=weight)
+        cfg = dataclasses.replace(cfg, lr=cfg.add_style_lr)
         return loop.train(cfg, partial(build_added_style, cfg))
     if not cfg.teachers:
         styles = cfg.styles.split(",")
@@ -150,6 +151,8 @@ def build_added_style(cfg: MultiStyleConfig, device: torch.device) -> loop.Parts
     trained, manifest = ModelStore(cfg.store).load(base)
     if not isinstance(trained, MultiStyleNet):
         raise ValueError(f"{base} is not a multi-style network")
+    if cfg.replace and style in trained.styles:
+        trained = trained.without_style(style)
     net = trained.with_style(style).to(device).requires_grad_(False)
     index = len(net.styles) - 1
     keep = torch.zeros(len(net.styles), 1, device=device)

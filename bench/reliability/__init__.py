@@ -13,10 +13,6 @@ Runs `python -m service` as a child process on 127.0.0.1 (so that its RSS is its
                 in-process, with the shipped network behind a fault-injecting wrapper);
                 clients disconnecting in bulk; SIGTERM under load
   soak          mixed load for --soak-s seconds: RSS growth after warm-up, errors
-  swap          a model replaced while serving (POST /admin/models/reload) under closed-loop
-                load: requests, errors and p99 before, during and after (0 lost, p99 <= 2x)
-  learn         a new style learned over HTTP (POST /v1/styles) under closed-loop load on another:
-                minutes until it serves, the gate, the other requests' errors and p99
   oversized     at the service's default limits, the largest requests (1024x1024 at x8, ...)
                 and one as a job: answer, seconds, and peak RSS over the idle peak (<= 1 GiB)
 
@@ -40,14 +36,12 @@ from typing import Any
 from bench.machine import describe
 from bench.reliability.corpus import run_corpus
 from bench.reliability.faults import guarded, run_faults
-from bench.reliability.learn import run_learn
 from bench.reliability.overload import run_overload
 from bench.reliability.oversized import run_oversized
 from bench.reliability.process import LIMITS
 from bench.reliability.report import markdown
 from bench.reliability.schemathesis_run import run_schemathesis
 from bench.reliability.soak import run_soak
-from bench.reliability.swap import run_swap
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -71,7 +65,7 @@ def load_average() -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sections = args.only.split(",") if args.only else ["corpus", "schemathesis", "overload",
-                                                        "faults", "soak", "swap", "oversized"]
+                                                        "faults", "soak", "oversized"]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-reliability-"))
     report: dict[str, Any] = {
         "quick": args.quick, "machine": describe(), "load_before": load_average(),
@@ -84,9 +78,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
              "overload": lambda: run_overload(log_dir, args.quick, overload_s),
              "faults": lambda: run_faults(log_dir, args.quick),
              "soak": lambda: run_soak(log_dir, soak_s),
-             "swap": lambda: run_swap(log_dir, args.quick),
-             "oversized": lambda: run_oversized(log_dir, args.quick),
-             "learn": lambda: run_learn(log_dir, args.quick)}
+             "oversized": lambda: run_oversized(log_dir, args.quick)}
     for name in sections:
         print(f"{name} (load average {load_average()})", flush=True)
         started = time.monotonic()
@@ -105,8 +97,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--overload-s", type=float, default=None,
                         help="seconds at 10x capacity (default 60)")
     parser.add_argument("--only", help="comma-separated sections: corpus, schemathesis, "
-                                       "overload, faults, soak, swap, oversized, learn "
-                                       "(not in the default run: 10 minutes of training)")
+                                       "overload, faults, soak, oversized")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     report = asyncio.run(run(args))
@@ -125,7 +116,7 @@ def main(argv: list[str]) -> int:
 def verdict(report: dict[str, Any]) -> bool:
     """True when every section that ran met its claim (an error in a section fails it)."""
     sections = [report[k] for k in ("corpus", "schemathesis", "overload", "faults", "soak",
-                                    "swap", "oversized", "learn") if k in report]
+                                    "oversized") if k in report]
     faults = report.get("faults", {})
     if any("error" in x for x in [*sections, *(v for v in faults.values()
                                                  if isinstance(v, dict))]):
@@ -147,11 +138,6 @@ def verdict(report: dict[str, Any]) -> bool:
                    f["sigterm"]["exit_code"] == 0, f["sigterm"]["every_admitted_completed"]]
     if k := report.get("soak"):
         checks += [not k["unexpected"], k["rss_growth_after_warmup_pct"] < 5]
-    if w := report.get("swap"):
-        checks += [w["reload_status"] == 200, w["serving_new_digest"], w["lost"] == 0,
-                   w["p99_within"]]
     if v := report.get("oversized"):
         checks += [v["within_budget"], v["no_5xx"]]
-    if n := report.get("learn"):
-        checks += [n["state"] == "done", n["within_target"], n["others_failed"] == 0]
     return all(checks)

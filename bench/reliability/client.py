@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from bench import hostile
-from bench.reliability.stats import ms, pct
 
 
 @dataclass
@@ -119,25 +118,3 @@ async def closed_loop(clients: int, duration_s: float,
 
     await asyncio.gather(*(loop() for _ in range(clients)))
     return replies
-
-
-Timed = tuple[float, float, int | None]   # a request's start (monotonic), seconds and status
-
-
-async def timed_client(port: int, target: str, inputs: Inputs, done: list[Timed],
-                       stop: asyncio.Event) -> None:
-    """One closed-loop client POSTing new PNGs to `target` until `stop`, each request's start,
-    seconds and status appended to `done`."""
-    client = Client(port)
-    while not stop.is_set():
-        started = time.monotonic()
-        reply = await client.request("POST", target, inputs.unique(), PNG)
-        done.append((started, reply.seconds, reply.status))
-    client.close()
-
-
-def window(rows: list[Timed]) -> dict[str, float | int | None]:
-    """Requests, errors (not 200) and the latency percentiles of the 200s of `rows`."""
-    latencies = [s for _, s, status in rows if status == 200]
-    return {"requests": len(rows), "errors": sum(status != 200 for _, _, status in rows),
-            "p50_ms": ms(pct(latencies, 50)), "p99_ms": ms(pct(latencies, 99))}

@@ -10,8 +10,7 @@ from bench.reliability.process import SR_MODEL, STYLE
 def markdown(report: dict[str, Any], passed: bool) -> str:
     report = dict(report)
     errors = []
-    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "swap", "oversized",
-                 "learn"):
+    for name in ("corpus", "schemathesis", "overload", "faults", "soak", "oversized"):
         section = report.get(name)
         if isinstance(section, dict) and "error" in section:
             errors.append(f"- **{name}** stopped with an error:\n\n```\n{section['error']}```")
@@ -134,16 +133,6 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
                   f"{k['rss_after_warmup_mib']} MiB after the {k['warmup_s']:g} s warm-up, "
                   f"{k['rss_end_mib']} MiB at the end (peak {k['rss_peak_mib']}): growth after "
                   f"warm-up {k['rss_growth_after_warmup_pct']} %.", ""]
-    w = report.get("swap")
-    if w:
-        lines += ["## A model swapped under load", "",
-                  f"{w['clients']} closed-loop clients stylising with {STYLE} while a new version "
-                  f"of it (the same network saved in float32: another digest) is picked up by "
-                  f"`POST /admin/models/reload`: answered {w['reload_status']} in "
-                  f"{w['reload_s']} s; the new digest serves: {w['serving_new_digest']}. "
-                  f"Requests lost: {w['lost']}; p99 during over before: {w['p99_ratio']} "
-                  f"(at most 2: {w['p99_within']}).", "",
-                  *windows_table(w, ("before", "during", "after")), ""]
     v = report.get("oversized")
     if v:
         lines += ["## Oversized work at the default limits", "",
@@ -160,34 +149,8 @@ def markdown(report: dict[str, Any], passed: bool) -> str:
             lines.append(f"| {r['name']} | {r['input']} | {answer} | {r['seconds']} | "
                          f"{r['peak_rss_mib']} | {r['peak_over_idle_mib']} |")
         lines.append("")
-    n = report.get("learn")
-    if n:
-        lines += ["## A style learned under load", "",
-                  f"`POST /v1/styles?name={n['painting']}` with the painting, while "
-                  f"{n['clients']} closed-loop clients stylise with {STYLE}: the job "
-                  f"{n['state']} after {n['steps']} steps ({n['training_s']} s of training); "
-                  + (f"the style served {n['serving_after_s']} s after the upload"
-                     if n["served_status"] == 200 else
-                     f"{n['serving_after_s']} s after the upload the style answered "
-                     f"{n['served_status']}")
-                  + f" (served within 10 minutes: {n['within_target']}); the other requests "
-                  f"failed: "
-                  f"{n['others_failed']}." + (f" The job's error: {n['job_error']}"
-                                              if n["job_error"] else ""),
-                  "", *windows_table(n, ("before", "during")), ""]
     if errors:
         lines += ["## Errors", "", *errors, ""]
     lines += [f"Verdict: {'every claim held' if passed else 'NOT every claim held (see above)'}.",
               ""]
     return "\n".join(lines)
-
-
-def windows_table(section: dict[str, Any], names: tuple[str, ...]) -> list[str]:
-    """The requests, errors and latencies of a section's time windows (reliability.client)."""
-    lines = ["| window | requests | errors | p50 ms | p99 ms |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for name in names:
-        x = section[name]
-        lines.append(f"| {name} | {x['requests']} | {x['errors']} | {x['p50_ms']} | "
-                     f"{x['p99_ms']} |")
-    return lines

@@ -16,12 +16,14 @@ from pydantic import SecretStr
 
 from model_store import ModelStore
 from service import errors
+from service.auth import key_id
 from tests.helpers import images
 from tests.helpers.models import make_multistyle_store, own_painting
 from tests.helpers.server import running, until
 
 PNG = {"content-type": "image/png"}
-FAST = "--image-size 32 --batch-size 2 --lr 0.05 --device cpu --amp none --style-weight 1e-4"
+FAST = ("--image-size 32 --batch-size 2 --add-style-lr 0.05 --device cpu --amp none "
+        "--style-weight 1e-4")
 
 
 @pytest.fixture
@@ -141,6 +143,43 @@ async def test_a_learned_style_is_served_and_batched_with_the_others(tmp_path, m
         assert kept is not None
         thumbnail = await r.client.get("/v1/styles/own/thumbnail")
         assert thumbnail.status_code == 200
+
+
+async def test_a_learned_style_is_learned_again_only_by_its_key(tmp_path, make_settings,
+                                                                photos):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    body = own_painting(store)
+    settings = learn_settings(make_settings, store, photos).model_copy(
+        update={"api_keys": [SecretStr("k1"), SecretStr("k2")]})
+    photo = images.png(40, 32, seed=4)
+    async with running(settings) as r:
+        r.client.headers["x-api-key"] = "k1"
+
+        async def learn(name: str, key: str = "k1", **params: str):  # noqa: ANN202
+            return await r.client.post("/v1/styles", params={"name": name, **params},
+                                       content=body, headers={**PNG, "x-api-key": key})
+
+        async def candy() -> bytes:
+            return (await r.client.post("/v1/stylize?style=candy", content=photo,
+                                        headers=PNG)).content
+
+        first = await finished(r.client, (await learn("own")).json()["url"])
+        assert first["state"] == "done", first["error"]
+        before = await candy()
+        for answer, code in ((await learn("own"), "style_exists"),
+                             (await learn("candy", replace="true"), "style_exists"),
+                             (await learn("own", "k2", replace="true"), "not_style_owner")):
+            assert answer.json()["error"]["code"] == code
+            assert answer.status_code == (403 if code == "not_style_owner" else 409)
+        again = await finished(r.client, (await learn("own", replace="true")).json()["url"])
+        assert again["state"] == "done", again["error"]
+        listed = (await r.client.get("/v1/styles")).json()["styles"]
+        assert [s["name"] for s in listed] == ["candy", "own", "udnie"]
+        learned = next(s for s in listed if s["name"] == "own")["learned"]
+        assert "--replace" in learned["command"] and "owner" not in learned
+        kept = ModelStore(store.root).manifest("multistyle").metrics["learned_styles"]["own"]
+        assert kept["owner"] == key_id("k1")
+        assert await candy() == before
 
 
 def trainers(photos: Path) -> list[int]:

@@ -111,6 +111,18 @@ def test_with_style_keeps_the_others_and_starts_the_new_one_at_their_mean(net):
         net.with_style("b")
 
 
+def test_without_style_drops_its_rows_and_keeps_the_others(net):
+    kept = net.without_style("b").eval()
+    assert kept.styles == ["a", "c"] and kept.options() == net.options()
+    x = torch.rand(2, 3, 20, 28)
+    with torch.no_grad():
+        for old, new in ((0, 0), (2, 1)):
+            assert torch.equal(kept(x, kept.one_hot(torch.tensor([new, new]))),
+                               net(x, net.one_hot(torch.tensor([old, old]))))
+    with pytest.raises(ValueError, match="not one of"):
+        net.without_style("z")
+
+
 def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
     store = ModelStore(tmp_path / "store")
     store.save(net, name="multistyle", task="style", architecture="multistyle",
@@ -128,8 +140,8 @@ def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
     cfg = MultiStyleConfig(add_style=str(painting), name="stripes", data=str(photos),
                            store=str(store.root), image_size=32, batch_size=2, iterations=25,
                            checkpoint_dir=str(tmp_path / "runs"), device="cpu", amp="none",
-                           save_dtype="float32", lr=2e-2, style_weight=1e-4, tv_weight=1e-2,
-                           progress_json=True)
+                           save_dtype="float32", add_style_lr=2e-2, style_weight=1e-4,
+                           tv_weight=1e-2, progress_json=True)
     trained, result = multistyle_training.run(cfg)
     progress = [json.loads(line) for line in capsys.readouterr().out.splitlines()
                 if line.startswith("{")]
