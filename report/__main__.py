@@ -1,4 +1,4 @@
-"""python -m report {sr,style,style-weight,speed,gallery,readme}: measure the shipped models
+"""python -m report {sr,style,style-weight,speed,gallery,learned,readme}: measure the shipped models
 into docs/, then copy the tables into README.md's generated blocks; each document lives in its
 own module."""
 
@@ -10,7 +10,7 @@ import sys
 
 from bench import summary as bench_summary
 from model_store import SHIPPED_ROOT, StoreError, data_root
-from report import gallery, readme, speed, sr, style, style_weight
+from report import gallery, learned, readme, speed, sr, style, style_weight
 from report.common import DOCS, README
 
 COMMANDS = {
@@ -19,6 +19,8 @@ COMMANDS = {
     "style-weight": (style_weight, "the rule of --style-weight auto on every painting"),
     "speed": (speed, "the paper's Table 1 on this machine: optimisation vs forward pass"),
     "gallery": (gallery, "docs/gallery: every style on the content images, SR crops"),
+    "learned": (learned, "the paintings no model covers, learned as the service learns them, "
+                         "against per-style networks and Gatys et al. (hours on a CPU)"),
     "readme": (readme, "rewrite README.md's generated blocks from docs/*.json"),
 }
 
@@ -54,6 +56,20 @@ def add_measurement_arguments(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--measure", default="256:100,512:5,1024:3",
                        help="SIZE:N iterations actually run per size; more are extrapolated")
         p.add_argument("--runs", type=int, default=5, help="forward passes timed")
+    if name == "learned":
+        p.add_argument("--work", default="runs/learned",
+                       help="where the networks and checkpoints are kept between runs")
+        p.add_argument("--paintings", default="", help="comma-separated stems (default: all)")
+        p.add_argument("--content", default="chicago", help="content images (stems)")
+        p.add_argument("--size", type=int, default=256, help="longer side of the images")
+        p.add_argument("--gatys-iterations", type=int, default=100)
+        p.add_argument("--network-iterations", type=int, default=2000,
+                       help="steps of each per-style network (the paper: 40,000 on a GPU)")
+        p.add_argument("--crop-size", type=int, default=128,
+                       help="the per-style networks' training crops")
+        p.add_argument("--learn-time-limit-s", type=float, default=480.0,
+                       help="training time of each learned style (the service's default)")
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     if name == "gallery":
         p.add_argument("--photos", default="kodak24/kodim03.jpg,kodak24/kodim21.jpg,"
                        "kodak24/kodim23.jpg", help="extra photos, relative to DATA/photos")

@@ -50,8 +50,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def architecture(manifest: Manifest) -> str:
-    """Models of one architecture and options cost the same: the first one is measured."""
-    return json.dumps([manifest.architecture, manifest.options], sort_keys=True)
+    """Models of one architecture and options cost the same: the first one is measured. A
+    multi-style network's style names are not part of it: one more style (a row of scale and
+    shift per layer) costs nothing that can be measured."""
+    options = {k: v for k, v in manifest.options.items() if k != "styles"}
+    return json.dumps([manifest.architecture, options], sort_keys=True)
 
 
 def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str | None:
@@ -76,6 +79,19 @@ def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str 
             return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
                     f"over the {recorded:.2f} its manifest records")
     return quality.check(model, paintings or {})
+
+
+def unchanged_styles(new: LoadedModel, old: LoadedModel) -> set[str]:
+    """The styles of a multi-style network that compute as they did in `old`: every shared
+    weight equal, and their own rows of scale and shift equal."""
+    if not new.styles or not old.styles:
+        return set()
+    a, b = new.module.state_dict(), old.module.state_dict()
+    rows = {k for k in a if k.endswith((".scale", ".shift"))}
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a.keys() - rows):
+        return set()
+    return {s for s in new.styles if s in old.styles and all(
+        torch.equal(a[k][new.styles.index(s)], b[k][old.styles.index(s)]) for k in rows)}
 
 
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -325,7 +341,7 @@ class Registry:
                         self.refused.pop(name, None)
                         continue
                     model = self._load(name, environment)
-                    problem = check(model, self._paintings(model))
+                    problem = check(model, self._paintings(model, current))
                 except Exception as e:   # a broken file is refused like a failed check
                     digest, problem = "", f"{type(e).__name__}: {e}"
                 if problem is not None:
@@ -345,13 +361,18 @@ class Registry:
             self.policy_store.save()
             return report
 
-    def _paintings(self, model: LoadedModel) -> dict[str, bytes]:
-        """The paintings the store keeps of `model`'s styles, by style name."""
+    def _paintings(self, model: LoadedModel, current: LoadedModel | None = None
+                   ) -> dict[str, bytes]:
+        """The paintings the store keeps of `model`'s styles, by style name; with `current`,
+        of the styles that `current` does not already paint the same (a style learned into a
+        multi-style network changes its own rows only: the others passed the gate before)."""
         if model.task != "style":
             return {}
         kept = ({s: self.store.painting(model.name, s) for s in model.styles} if model.styles
                 else {model.name: self.store.painting(model.name)})
-        return {style: painting for style, painting in kept.items() if painting is not None}
+        same = unchanged_styles(model, current) if current is not None else set()
+        return {style: painting for style, painting in kept.items()
+                if painting is not None and style not in same}
 
     def _load(self, name: str, environment: dict[str, Any]) -> LoadedModel:
         """One model loaded, converted, measured (or its stored policy reused), warmed up."""

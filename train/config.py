@@ -40,6 +40,8 @@ class TrainConfig:
                           aliases=("--max-iters",))
     batch_size: int = opt(4, "images per step (the paper: 4)")
     lr: float = opt(1e-3, "Adam learning rate (the paper: 1e-3)")
+    lr_decay: bool = opt(False, "lower the rate linearly to zero over the run (its steps, or "
+                                "its time limit if that ends first); the paper keeps it")
     seed: int = opt(0, "seed of initialisation and data sampling")
     norm: Norm = opt("batch", "normalisation layers (the paper: batch)")
     upsample: Upsample = opt("transposed", "upsampling (the paper: transposed)")
@@ -102,10 +104,10 @@ class MultiStyleConfig(StyleConfig):
                              "the file's name): only its scale and shift train, every shared "
                              "weight is frozen (Dumoulin et al. 2017); the network is written "
                              "back under its own name")
-    add_style_lr: float = opt(1e-2, "Adam learning rate of --add-style, in place of --lr: only a "
-                                    "few thousand scale and shift parameters train (measured: "
-                                    "after 50 steps at 1e-2 the style loss is below 1e-3's "
-                                    "after 200)")
+    add_style_lr: float = opt(1e-2, "Adam learning rate of --add-style, in place of --lr, "
+                                    "decayed (--lr-decay): only a few thousand scale and shift "
+                                    "parameters train (measured: after 50 steps at 1e-2 the "
+                                    "style loss is below 1e-3's after 200)")
     replace: bool = opt(False, "with --add-style: learn the style --name again when the "
                                "network has it (its old scale and shift are dropped)")
 

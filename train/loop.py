@@ -126,6 +126,10 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
     model.train()
     while step < cfg.iterations:
         # Seeded by rank and step, so that a resumed run samples what an uninterrupted one would.
+        if cfg.lr_decay:
+            spent = (time.monotonic() - start) / cfg.time_limit_s if cfg.time_limit_s else 0.0
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * max(0.0, 1 - max(step / cfg.iterations, spent))
         gen.manual_seed(cfg.seed * 1_000_003 + world.rank * 7919 + step)
         batch = sample(gen).to(device, non_blocking=True)
         if device.type == "cuda":

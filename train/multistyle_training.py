@@ -69,7 +69,7 @@ def run(cfg: MultiStyleConfig) -> tuple[nn.Module, loop.Result]:
         if cfg.style_weight == "auto":
             weight = resolve_style_weight(cfg, cfg.add_style)
             cfg = dataclasses.replace(cfg, style_weight=weight)
-        cfg = dataclasses.replace(cfg, lr=cfg.add_style_lr)
+        cfg = dataclasses.replace(cfg, lr=cfg.add_style_lr, lr_decay=True)
         return loop.train(cfg, partial(build_added_style, cfg))
     if not cfg.teachers:
         styles = cfg.styles.split(",")

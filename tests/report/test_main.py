@@ -33,4 +33,4 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
 def test_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "report", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    assert "{sr,style,style-weight,speed,gallery,readme}" in done.stdout
+    assert "{sr,style,style-weight,speed,gallery,learned,readme}" in done.stdout

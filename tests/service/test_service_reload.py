@@ -3,13 +3,18 @@ version that fails its check is refused and the old one serves on."""
 
 from __future__ import annotations
 
+import io
 import shutil
 
+import numpy as np
 import torch
+from PIL import Image
 
+from nets.multistyle_net import MultiStyleNet
 from nets.style_net import StyleNet
+from service.registry import Registry
 from tests.helpers import images
-from tests.helpers.models import make_store
+from tests.helpers.models import make_multistyle_store, make_store, own_painting
 from tests.helpers.server import running
 
 PNG = {"content-type": "image/png"}
@@ -89,3 +94,31 @@ async def test_reloading_needs_the_admin_key_when_keys_are_set(make_settings):
         as_admin = await r.client.post("/admin/models/reload",
                                        headers={"authorization": "Bearer root"})
         assert as_admin.status_code == 200
+
+
+def test_a_style_learned_into_a_network_is_the_only_one_the_gate_checks_again(tmp_path):
+    """A style added to a multi-style network changes its own rows only: the reload gate checks
+    that style and not the others, which served already. A changed shared weight changes
+    every style, and then every style is checked."""
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=())
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[::4] = (200, 40, 40)
+    store.save_painting("multistyle", Image.fromarray(stripes), style="udnie")  # not its style
+    registry = Registry(store.root, ["multistyle"], "cpu", "auto", policy="fixed")
+    registry.load_all()
+    own = Image.open(io.BytesIO(own_painting(store)))
+    net, manifest = store.load("multistyle")
+    grown = net.with_style("own")
+
+    def save(network: MultiStyleNet) -> None:
+        store.save(network, name="multistyle", task="style", architecture="multistyle",
+                   options={**manifest.options, "styles": network.styles})
+        store.save_painting("multistyle", own, style="own")
+
+    save(grown)
+    assert registry.reload()["replaced"] == ["multistyle"]
+    with torch.no_grad():
+        next(grown.parameters()).add_(0.01)
+    save(grown)
+    refused = registry.reload()["refused"]["multistyle"]
+    assert refused.startswith("style udnie: on the probe images its outputs are not like")

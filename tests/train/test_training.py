@@ -98,6 +98,12 @@ def test_superres_run_learns_and_stores(tmp_path, photos, loss):
     assert (manifest.factor, manifest.iterations) == (4, 20)
 
 
+def test_lr_decay_lowers_the_rate_linearly_to_the_last_step(tmp_path, photos):
+    superres_training.run(sr_config(tmp_path, photos, iterations=8, lr=4e-3, lr_decay=True))
+    state = json.loads((tmp_path / "runs" / "sr_x4_pixel" / "state.json").read_text())
+    assert state["param_groups"][0]["lr"] == pytest.approx(4e-3 * (1 - 7 / 8))   # step 8 of 8
+
+
 def test_resume_continues_the_step_count(tmp_path, photos):
     superres_training.run(sr_config(tmp_path, photos, iterations=10))
     state = json.loads((tmp_path / "runs" / "sr_x4_pixel" / "state.json").read_text())

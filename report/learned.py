@@ -1,0 +1,213 @@
+"""`python -m report learned`: the paintings no shipped model covers, each learned as the service
+learns a new style, against a network trained for that painting alone and against Gatys et al.
+
+For each painting of DATA/styles whose name no shipped model carries (11 of them):
+1. learned: `python -m train multistyle --add-style` into a copy of the shipped multi-style
+   network, with the service's defaults (service/settings.py `learn_*`: 128-px crops, at most
+   4,000 steps or `--learn-time-limit-s`, 8 minutes); the styles accumulate in one network, as
+   on a server;
+2. network: `python -m train style` on the painting alone (`--network-iterations` steps at
+   `--crop-size`; checkpointed, so an interrupted run goes on where it stopped);
+3. scored with the per-style network's objective (its λ_s from `--style-weight auto`, the same
+   rule the learned style used) on `--content`: the learned style, the network, and Gatys et
+   al. after `--gatys-iterations` iterations.
+
+Writes docs/learned.{json,md} and docs/learned/*.jpg. Each stage's result is kept in `--work`
+(default runs/learned, outside git), so the command can be run again to go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_store import ModelStore
+from report.common import fmt_loss, machine, machine_line, markdown_table, write_json, write_text
+from report.style import save_jpeg, total
+
+log = logging.getLogger(__name__)
+
+# What the service learns with (service/settings.py `learn_*`; report does not import service)
+LEARN_ARGS = ["--crop-size", "128", "--iterations", "4000"]
+
+
+def uncovered(styles_dir: Path, shipped: ModelStore) -> list[Path]:
+    """The paintings whose name is no shipped model's, nor a style of one."""
+    names = set()
+    for name in shipped.names():
+        manifest = shipped.manifest(name)
+        if manifest.task == "style":
+            names.update(manifest.options.get("styles", [name]))
+    return sorted(p for p in styles_dir.glob("*.jpg") if p.stem not in names)
+
+
+def train(argv: list[str]) -> float:
+    """Run `python -m train ARGV` (its progress bar on the terminal); its wall seconds."""
+    started = time.monotonic()
+    log.info("python -m train %s", " ".join(argv))
+    subprocess.run([sys.executable, "-m", "train", *argv], check=True)
+    return time.monotonic() - started
+
+
+def learn(painting: Path, work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The painting learned into the work store's multi-style network (skipped if it is)."""
+    store = ModelStore(work / "store")
+    record = work / "learned.json"
+    learned = json.loads(record.read_text()) if record.is_file() else {}
+    if painting.stem not in store.manifest("multistyle").options["styles"]:
+        before = store.manifest("multistyle").iterations
+        seconds = train(["multistyle", "--add-style", str(painting), "--name", painting.stem,
+                         "--init-from", "multistyle", "--store", str(store.root),
+                         "--data", str(data / "photos"), "--save-dtype", "float32",
+                         "--checkpoint-dir", str(work / "runs"), "--checkpoint-every", "40000",
+                         "--device", args.device, *LEARN_ARGS,
+                         "--time-limit-s", str(args.learn_time_limit_s)])
+        learned[painting.stem] = {"seconds": round(seconds, 1),
+                                  "steps": store.manifest("multistyle").iterations - before}
+        record.write_text(json.dumps(learned, indent=1))
+    return learned[painting.stem]
+
+
+def network(painting: Path, work: Path, data: Path, args: argparse.Namespace) -> None:
+    """A style network for the painting alone, trained (or resumed) to its iterations."""
+    store = ModelStore(work / "store")
+    if (painting.stem in store.names()
+            and store.manifest(painting.stem).iterations >= args.network_iterations):
+        return
+    train(["style", "--style-image", str(painting), "--name", painting.stem,
+           "--store", str(store.root), "--data", str(data / "photos"), "--device", args.device,
+           "--crop-size", str(args.crop_size), "--iterations", str(args.network_iterations),
+           "--checkpoint-dir", str(work / "runs"), "--checkpoint-every", "100",
+           *(["--resume"] if (work / "runs" / painting.stem).is_dir() else [])])
+
+
+def score(painting: Path, work: Path, data: Path, args: argparse.Namespace, docs: Path
+          ) -> dict[str, Any]:
+    """The three methods' objective terms on each content image (pictures of the first)."""
+    from train.gatys import load_image, style_targets, stylize_by_optimisation
+    from train.losses import feature_loss, style_loss, tv_loss
+    from train.style_training import load_style_image
+    from train.vgg import LossNetwork
+    from train.vgg_weights import resolve
+
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
+                          else "cpu")
+    store = ModelStore(work / "store")
+    net, manifest = store.load(painting.stem)
+    multi, multi_manifest = store.load("multistyle")
+    net, multi = net.to(device).eval(), multi.to(device).eval()
+    styles = multi_manifest.options["styles"]
+    cfg = manifest.training["config"]
+    layers, at = cfg["style_layers"].split(","), cfg["content_layer"]
+    vgg = LossNetwork(*resolve()).to(device)
+    targets = style_targets(vgg, load_style_image(str(painting), cfg["style_size"]
+                                                  or cfg["image_size"]).to(device), layers)
+    mix = torch.zeros(1, len(styles), device=device)
+    mix[0, styles.index(painting.stem)] = 1
+
+    def losses(x: torch.Tensor, photo: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            fx, fp = vgg(x), vgg(photo, upto=at)
+            return {"content": cfg["content_weight"] * float(feature_loss(getattr(fx, at),
+                                                                          getattr(fp, at))),
+                    "style": cfg["style_weight"] * float(style_loss(
+                        [getattr(fx, n) for n in layers], targets)),
+                    "tv": cfg["tv_weight"] * float(tv_loss(x))}
+
+    out: dict[str, Any] = {"style_weight": cfg["style_weight"],
+                           "network_iterations": manifest.iterations, "images": {}}
+    for i, stem in enumerate(args.content.split(",")):
+        photo = load_image(data / "content-images" / f"{stem}.jpg", args.size).to(device)
+        with torch.no_grad():
+            results = {"learned": multi(photo, mix), "network": net(photo)}
+        results["gatys"], _ = stylize_by_optimisation(
+            photo, targets, vgg, args.gatys_iterations, content_layer=at, style_layers=layers,
+            content_weight=cfg["content_weight"], style_weight=cfg["style_weight"],
+            tv_weight=cfg["tv_weight"])
+        out["images"][stem] = {k: losses(x, photo) for k, x in results.items()}
+        if i == 0:
+            for k, x in results.items():
+                save_jpeg(x.cpu(), docs / "learned" / f"{painting.stem}_{k}.jpg")
+            save_jpeg(load_image(painting, args.size), docs / "learned" /
+                      f"{painting.stem}_painting.jpg")
+    return out
+
+
+def table(doc: dict[str, Any]) -> str:
+    gatys = doc["settings"]["gatys_iterations"]
+    rows = []
+    for name, r in doc["paintings"].items():
+        terms = {k: {t: sum(im[k][t] for im in r["images"].values()) / len(r["images"])
+                     for t in ("content", "style", "tv")} for k in ("learned", "network", "gatys")}
+        rows.append([f"`{name}`", f"{r['learn']['seconds'] / 60:.1f} ({r['learn']['steps']})",
+                     *(f"{fmt_loss(terms[k]['content'])} / {fmt_loss(terms[k]['style'])}"
+                       for k in ("learned", "network", "gatys")),
+                     f"{total(terms['learned']) / total(terms['network']):.2f}",
+                     f"{total(terms['learned']) / total(terms['gatys']):.2f}"])
+    return markdown_table(
+        ["painting", "learned: minutes (steps)", "learned: content / style",
+         f"network ({doc['settings']['network_iterations']} steps): content / style",
+         f"Gatys {gatys} it.: content / style", "learned ÷ network", f"learned ÷ Gatys {gatys}"],
+        rows, "l" + "r" * 6)
+
+
+def write_page(doc: dict[str, Any], docs: Path) -> None:
+    pictures = "\n".join(
+        f"| `{n}` | " + " | ".join(f'<img src="learned/{n}_{k}.jpg" width="180">'
+                                   for k in ("painting", "learned", "network", "gatys")) + " |"
+        for n in doc["paintings"])
+    s = doc["settings"]
+    write_text(docs / "learned.md", f"""# New styles learned as the service learns them
+
+Generated by `python -m report learned`; do not edit by hand. {machine_line(doc["machine"])}
+
+Each painting that no shipped model covers, learned into the shipped multi-style network as
+`POST /v1/styles` learns it (`python -m train multistyle --add-style`, {' '.join(LEARN_ARGS)}
+--time-limit-s {s['learn_time_limit_s']:g}: only its own scale and shift train), beside a
+network trained on that painting alone ({s['network_iterations']} steps, {s['crop_size']}-px
+crops) and Gatys et al. after {s['gatys_iterations']} L-BFGS iterations. All are scored with
+the per-style network's objective (the same λ_s rule) on {', '.join(s['content'])} at
+{s['size']} px; totals are compared.
+
+{table(doc)}
+
+| painting | the painting | learned | network | Gatys {s['gatys_iterations']} it. |
+| :--- | :---: | :---: | :---: | :---: |
+{pictures}
+""")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    data, work, docs = Path(args.data), Path(args.work), Path(args.docs)
+    shipped = ModelStore(args.store)
+    paintings = uncovered(data / "styles", shipped)
+    if args.paintings:
+        paintings = [p for p in paintings if p.stem in args.paintings.split(",")]
+    store = ModelStore(work / "store")
+    if "multistyle" not in store.names():
+        shutil.copytree(shipped.root / "multistyle", store.root / "multistyle")
+    for painting in paintings:              # the cheap stage first, for every painting
+        learn(painting, work, data, args)
+    doc: dict[str, Any] = {"machine": machine(), "settings": {
+        "content": args.content.split(","), "size": args.size,
+        "gatys_iterations": args.gatys_iterations, "network_iterations": args.network_iterations,
+        "crop_size": args.crop_size, "learn_time_limit_s": args.learn_time_limit_s},
+        "paintings": {}}
+    for painting in paintings:
+        network(painting, work, data, args)
+        doc["paintings"][painting.stem] = {"learn": learn(painting, work, data, args),
+                                           **score(painting, work, data, args, docs)}
+        write_json(docs / "learned.json", doc)      # what is done so far survives a stop
+        write_page(doc, docs)
+    print(f"wrote {docs / 'learned.md'}: {len(doc['paintings'])} paintings")
+    return 0

@@ -1,0 +1,45 @@
+"""The learned-styles report's choices and table, on hand-made inputs: no network trains."""
+
+from __future__ import annotations
+
+from report import learned
+from tests.helpers.models import make_multistyle_store
+
+
+def test_the_paintings_no_shipped_model_covers(tmp_path):
+    store = make_multistyle_store(tmp_path / "store", ("candy", "udnie"), singles=("wave",))
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for stem in ("candy", "udnie", "wave", "scream", "muse"):
+        (styles / f"{stem}.jpg").write_bytes(b"")
+    assert [p.stem for p in learned.uncovered(styles, store)] == ["muse", "scream"]
+
+
+def doc() -> dict:
+    terms = {"learned": {"content": 30000.0, "style": 20000.0, "tv": 0.0},
+             "network": {"content": 20000.0, "style": 20000.0, "tv": 0.0},
+             "gatys": {"content": 50000.0, "style": 50000.0, "tv": 0.0}}
+    other = {k: {t: 2 * v for t, v in d.items()} for k, d in terms.items()}
+    machine = {"cpu": "a CPU", "cores": 2, "torch": "2.14", "threads": 2}
+    return {"machine": machine, "settings": {"content": ["a", "b"], "size": 256,
+                                        "gatys_iterations": 100, "network_iterations": 2000,
+                                        "crop_size": 128, "learn_time_limit_s": 480.0},
+            "paintings": {"scream": {"learn": {"seconds": 474.0, "steps": 812},
+                                     "images": {"a": terms, "b": other}}}}
+
+
+def test_the_table_compares_totals_averaged_over_the_images():
+    lines = learned.table(doc()).splitlines()
+    assert lines[0].startswith("| painting | learned: minutes (steps) | learned: content / style "
+                               "| network (2000 steps): content / style | Gatys 100 it.")
+    # means over a and b: learned 45,000 / 30,000 (75,000), network 30,000 / 30,000 (60,000),
+    # Gatys 75,000 / 75,000 (150,000)
+    assert lines[2] == ("| `scream` | 7.9 (812) | 45,000 / 30,000 | 30,000 / 30,000 | "
+                        "75,000 / 75,000 | 1.25 | 0.50 |")
+
+
+def test_the_page_shows_every_picture(tmp_path):
+    learned.write_page(doc(), tmp_path)
+    page = (tmp_path / "learned.md").read_text()
+    for kind in ("painting", "learned", "network", "gatys"):
+        assert f'src="learned/scream_{kind}.jpg"' in page
