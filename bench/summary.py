@@ -25,7 +25,8 @@ def readme_block(results: Path = RESULTS) -> str | None:
              service_part(_load(results / "service-cpu.json")),
              *(service_part(_load(p)) for p in sorted(results.glob("service-cuda*.json"))),
              stub_part(_load(results / "service-stub.json")),
-             cache_part(_load(results / "cache.json"))]
+             cache_part(_load(results / "cache.json")),
+             live_part(_load(results / "live.json"))]
     return "\n\n".join(p for p in parts if p) or None
 
 
@@ -208,3 +209,28 @@ def cache_part(doc: dict | None) -> str:
             f"from Redis (target under 3 ms) and {c['memory']['p50_ms']:.3f} ms in process"
             + (f"; the whole request over HTTP, answered from Redis, p50 {http:.1f} ms."
                if http is not None else "."))
+
+
+def live_part(doc: dict | None) -> str:
+    """The store changed under the `bench service` load: models swapped, a style learned."""
+    if not doc or "swap" not in doc or "learn" not in doc:
+        return ""
+    w, n = doc["swap"], doc["learn"]
+    seconds = [s["seconds"] for s in w["swaps"]]
+    answers = w["outside"]["answers"] + w["during"]["answers"]
+    served = (f"served {n['served_after_s'] / 60:.1f} minutes after the upload"
+              if n["served_status"] == 200 else
+              f"not served ({n['state']}: {(n['error'] or {}).get('code')})")
+    return (f"Changes while serving (`python -m bench live`, {caption(doc)}): {w['concurrency']} "
+            f"closed-loop clients posting distinct {w['size']}×{w['size']} images to "
+            f"`{w['model']}`, as `bench service` loads it. {len(seconds)} new versions of "
+            f"`{w['model']}` picked up by `POST /admin/models/reload`, each in "
+            f"{min(seconds):.0f}-{max(seconds):.0f} s (the reload yields the cores to the "
+            f"requests): {w['lost']} of {answers:,} answers lost; p99 "
+            f"{w['outside']['p99_ms']:,.0f} ms outside the reloads, "
+            f"{w['during']['p99_ms']:,.0f} ms overlapping one ({w['p99_ratio']:.2f}×; target at "
+            f"most 2×: {_yes(w['p99_within'])}). A painting (`{n['painting']}`) uploaded to "
+            f"`POST /v1/styles` under the same load: learned in {n['steps']} steps, {served} "
+            f"(target 10 minutes: {_yes(n['within_target'])}); the other requests: "
+            f"{n['during']['answers']:,} answers meanwhile, {n['others_failed']} failed, p99 "
+            f"{n['before']['p99_ms']:,.0f} ms before and {n['during']['p99_ms']:,.0f} ms during.")

@@ -67,7 +67,7 @@ def add_measurement_arguments(p: argparse.ArgumentParser, name: str) -> None:
                        help="steps of each per-style network (the paper: 40,000 on a GPU)")
         p.add_argument("--crop-size", type=int, default=128,
                        help="the per-style networks' training crops")
-        p.add_argument("--learn-time-limit-s", type=float, default=480.0,
+        p.add_argument("--learn-time-limit-s", type=float, default=450.0,
                        help="training time of each learned style (the service's default)")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     if name == "gallery":

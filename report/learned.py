@@ -4,7 +4,7 @@ learns a new style, against a network trained for that painting alone and agains
 For each painting of DATA/styles whose name no shipped model carries (11 of them):
 1. learned: `python -m train multistyle --add-style` into a copy of the shipped multi-style
    network, with the service's defaults (service/settings.py `learn_*`: 128-px crops, at most
-   4,000 steps or `--learn-time-limit-s`, 8 minutes); the styles accumulate in one network, as
+   4,000 steps or `--learn-time-limit-s`, 7.5 minutes); the styles accumulate in one network, as
    on a server;
 2. network: `python -m train style` on the painting alone (`--network-iterations` steps at
    `--crop-size`; checkpointed, so an interrupted run goes on where it stopped);
@@ -13,7 +13,8 @@ For each painting of DATA/styles whose name no shipped model carries (11 of them
    al. after `--gatys-iterations` iterations.
 
 Writes docs/learned.{json,md} and docs/learned/*.jpg. Each stage's result is kept in `--work`
-(default runs/learned, outside git), so the command can be run again to go on.
+(default runs/learned, outside git), so the command can be run again to go on, and
+`--paintings` can do a few at a time: the page shows every painting scored so far.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ Each painting that no shipped model covers, learned into the shipped multi-style
 network trained on that painting alone ({s['network_iterations']} steps, {s['crop_size']}-px
 crops) and Gatys et al. after {s['gatys_iterations']} L-BFGS iterations. All are scored with
 the per-style network's objective (the same λ_s rule) on {', '.join(s['content'])} at
-{s['size']} px; totals are compared.
+{s['size']} px; totals are compared. {len(doc['paintings'])} of the {len(doc['uncovered'])}
+paintings are scored so far.
 
 {table(doc)}
 
@@ -198,16 +200,26 @@ def run(args: argparse.Namespace) -> int:
         shutil.copytree(shipped.root / "multistyle", store.root / "multistyle")
     for painting in paintings:              # the cheap stage first, for every painting
         learn(painting, work, data, args)
-    doc: dict[str, Any] = {"machine": machine(), "settings": {
-        "content": args.content.split(","), "size": args.size,
-        "gatys_iterations": args.gatys_iterations, "network_iterations": args.network_iterations,
-        "crop_size": args.crop_size, "learn_time_limit_s": args.learn_time_limit_s},
-        "paintings": {}}
+    settings = {"content": args.content.split(","), "size": args.size,
+                "gatys_iterations": args.gatys_iterations,
+                "network_iterations": args.network_iterations, "crop_size": args.crop_size,
+                "learn_time_limit_s": args.learn_time_limit_s}
+    # Each painting's scores are kept with the settings they were made with: a run on some
+    # paintings adds them to the page beside those an earlier run scored.
+    kept = work / "scores.json"
+    scores = json.loads(kept.read_text()) if kept.is_file() else {}
     for painting in paintings:
-        network(painting, work, data, args)
-        doc["paintings"][painting.stem] = {"learn": learn(painting, work, data, args),
-                                           **score(painting, work, data, args, docs)}
-        write_json(docs / "learned.json", doc)      # what is done so far survives a stop
-        write_page(doc, docs)
+        if scores.get(painting.stem, {}).get("settings") != settings:
+            network(painting, work, data, args)
+            scores[painting.stem] = {"settings": settings,
+                                     "learn": learn(painting, work, data, args),
+                                     **score(painting, work, data, args, docs)}
+            kept.write_text(json.dumps(scores, indent=1))
+    covered = [p.stem for p in uncovered(data / "styles", shipped)]
+    doc = {"machine": machine(), "settings": settings, "uncovered": covered,
+           "paintings": {stem: {k: v for k, v in scores[stem].items() if k != "settings"}
+                         for stem in covered if scores.get(stem, {}).get("settings") == settings}}
+    write_json(docs / "learned.json", doc)
+    write_page(doc, docs)
     print(f"wrote {docs / 'learned.md'}: {len(doc['paintings'])} paintings")
     return 0

@@ -135,13 +135,14 @@ class Services:
                     model=m.name, side=str(choice.side), path=choice.path,
                     source=m.policy.source).set(choice.max_batch)
 
-    async def reload_models(self) -> dict[str, Any]:
+    async def reload_models(self, nice: int = 19) -> dict[str, Any]:
         """The store's changes picked up while serving (`Registry.reload`), counted and shown
-        in the metrics. Only once the first load is done."""
+        in the metrics. Only once the first load is done. `nice`: the reload thread's CPU
+        priority (19, the lowest: it waits for cycles the requests leave)."""
         if self.admission.phase != Phase.READY:
             raise errors.NotReady(f"the service is {self.admission.phase}; reload when ready",
                                   headers={"Retry-After": "1"})
-        report = await in_low_priority_thread(self.registry.reload)
+        report = await in_thread(self.registry.reload, nice)
         for result in ("added", "replaced", "removed", "refused"):
             if report[result]:
                 self.metrics.model_reloads.labels(result=result).inc(len(report[result]))
@@ -227,10 +228,10 @@ class Services:
         self.codec_pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def in_low_priority_thread(fn: Callable[[], T]) -> T:
-    """`fn()` on a thread of its own at the lowest CPU priority (on Linux a thread's nice value
-    is its own), so that a reload's loading, measuring and checking yield the cores to the
-    requests being served."""
+async def in_thread(fn: Callable[[], T], nice: int) -> T:
+    """`fn()` on a thread of its own at CPU priority `nice` (on Linux a thread's nice value is
+    its own): at 19 a reload's loading, measuring and checking yield the cores to the requests
+    being served."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[T] = loop.create_future()
 
@@ -240,7 +241,7 @@ async def in_low_priority_thread(fn: Callable[[], T]) -> T:
 
     def run() -> None:
         with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         try:
             outcome = functools.partial(done.set_result, fn())
         except BaseException as e:  # delivered to the awaiting caller
@@ -345,7 +346,10 @@ def build_services(settings: Settings) -> Services:
                         redis, jobs_redis)
     services.learning = JobRunner(
         job_store(settings.learn_queue_limit, settings.redis_key_prefix + "learn:"),
-        style_learning.handler(learn, services.reload_models, services.store_changed),
+        # the reload that installs a learned style runs at the trainer's priority (normal):
+        # the job's user waits for it, and the trainer's share of the cores is free by then
+        style_learning.handler(learn, functools.partial(services.reload_models, nice=0),
+                               services.store_changed),
         metrics, workers=1,
         lease_s=settings.job_lease_s, max_attempts=1)
     return services

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
     learn_iterations: int = Field(4000, ge=1, description="training steps of a new style, at "
                                                           "most")
     learn_time_limit_s: float = Field(
-        480.0, gt=0, description="training time of a new style, at most: with the loss "
+        450.0, gt=0, description="training time of a new style, at most: with the loss "
                                  "network's start and the reload, served within 10 minutes")
     learn_crop_size: int = Field(128, ge=16, description="side of its training crops")
     learn_threads: int = Field(1, ge=1, description="CPU threads of the trainer: on a CPU "

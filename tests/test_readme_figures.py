@@ -264,6 +264,19 @@ def test_bench_block_matches_the_results():
     if (BENCH / "cache.json").is_file():
         cache = json.loads((BENCH / "cache.json").read_text())["cache"]
         assert f"p50 {cache['redis']['p50_ms']:.2f} ms from Redis" in text
+    if (BENCH / "live.json").is_file():
+        live = json.loads((BENCH / "live.json").read_text())
+        swap, learn = live["swap"], live["learn"]
+        assert (f"{swap['lost']} of {swap['outside']['answers'] + swap['during']['answers']:,} "
+                "answers lost") in text
+        assert (f"p99 {swap['outside']['p99_ms']:,.0f} ms outside the reloads, "
+                f"{swap['during']['p99_ms']:,.0f} ms overlapping one "
+                f"({swap['p99_ratio']:.2f}×") in text
+        assert f"learned in {learn['steps']} steps" in text
+        if learn["served_status"] == 200:
+            assert f"served {learn['served_after_s'] / 60:.1f} minutes after the upload" in text
+        assert (f"{learn['during']['answers']:,} answers meanwhile, {learn['others_failed']} "
+                f"failed") in text
 
 
 def check_front_end(doc: dict, found: list) -> None:

@@ -21,9 +21,9 @@ def doc() -> dict:
              "gatys": {"content": 50000.0, "style": 50000.0, "tv": 0.0}}
     other = {k: {t: 2 * v for t, v in d.items()} for k, d in terms.items()}
     machine = {"cpu": "a CPU", "cores": 2, "torch": "2.14", "threads": 2}
-    return {"machine": machine, "settings": {"content": ["a", "b"], "size": 256,
-                                        "gatys_iterations": 100, "network_iterations": 2000,
-                                        "crop_size": 128, "learn_time_limit_s": 480.0},
+    settings = {"content": ["a", "b"], "size": 256, "gatys_iterations": 100,
+                "network_iterations": 2000, "crop_size": 128, "learn_time_limit_s": 480.0}
+    return {"machine": machine, "uncovered": ["muse", "scream"], "settings": settings,
             "paintings": {"scream": {"learn": {"seconds": 474.0, "steps": 812},
                                      "images": {"a": terms, "b": other}}}}
 
@@ -41,5 +41,6 @@ def test_the_table_compares_totals_averaged_over_the_images():
 def test_the_page_shows_every_picture(tmp_path):
     learned.write_page(doc(), tmp_path)
     page = (tmp_path / "learned.md").read_text()
+    assert "1 of the 2\npaintings are scored so far." in page
     for kind in ("painting", "learned", "network", "gatys"):
         assert f'src="learned/scream_{kind}.jpg"' in page
