@@ -7,8 +7,9 @@ the shipped store, and every answer is timed. Meanwhile:
 - `swap`: `--swaps` new versions of the style network are written to the store and picked up
   by `POST /admin/models/reload`, `--settle-s` apart. Each version is the shipped network with
   one bias nudged by k * 1e-4 (a new digest never seen before, so each reload loads, measures,
-  warms and checks it as a retrained model). The answers that overlap a reload are "during";
-  the rest "outside"; the claim: none lost, the p99 during at most twice the p99 outside.
+  warms and checks it as a retrained model). The answers that overlap a reload or its next
+  `AFTER_S` seconds (the new version's first answers) are "during", the rest "outside"; the
+  claim: none lost, the p99 during at most twice the p99 outside.
 - `learn`: a painting no shipped model covers is uploaded (`POST /v1/styles`), with the
   learning settings' defaults; the claim: the new style serves within 10 minutes, with no
   failed answer to the other requests.
@@ -37,6 +38,7 @@ from bench.server import PHOTOS, drive, load_settings, photo_pngs, serve
 from model_store import SHIPPED_ROOT, ModelStore, data_root
 
 P99_WITHIN = 2.0      # issue 19: the p99 during a swap at most twice that without
+AFTER_S = 2.0         # the first answers of a new version count as during its swap
 LEARN_TARGET_S = 600  # issue 20: a new style served within 10 minutes on this CPU
 PAINTING = "the_scream"
 
@@ -122,8 +124,8 @@ def run_swap(args: argparse.Namespace, log: Path) -> dict[str, Any]:
 
     row, done = live.run(f"/v1/stylize?style={args.model}", swaps)
 
-    def during(r: list) -> bool:
-        return any(r[0] < s["to"] and r[1] > s["from"] for s in done)
+    def during(r: list) -> bool:   # started before a reload ended + AFTER_S, ended after it began
+        return any(r[0] < s["to"] + AFTER_S and r[1] > s["from"] for s in done)
 
     trace = row.pop("trace")
     out = {"concurrency": args.concurrency, "size": args.size, "model": args.model,

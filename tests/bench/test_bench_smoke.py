@@ -138,3 +138,18 @@ def test_startup(tmp_path: Path) -> None:
     assert set(result["machine"]) >= MACHINE
     assert result["sources"] == {"cold": {"udnie": "measured"},
                                  "stored": {"udnie": "stored (measured)"}}
+
+
+def test_live_swap(tmp_path: Path) -> None:
+    from bench import live as bench_live
+
+    out = tmp_path / "live.json"
+    assert bench_live.main(["--only", "swap", "--swaps", "2", "--settle-s", "1",
+                            "--warmup-s", "0.5", "--size", "64", "--concurrency", "2",
+                            "--images", str(tmp_path / "no-photos"), "--out", str(out)]) == 0
+    swap = json.loads(out.read_text())["swap"]
+    assert [s["status"] for s in swap["swaps"]] == [200, 200] and swap["all_swapped"]
+    assert swap["lost"] == 0 and swap["during"]["answers"] > 0
+    assert len(swap["swap_spans"]) == 2 and len(swap["timeline"]) == (
+        swap["outside"]["answers"] + swap["during"]["answers"])
+    assert out.with_suffix(".png").is_file()
