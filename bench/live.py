@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ LEARN_TARGET_S = 600  # issue 20: a new style served within 10 minutes on this C
 PAINTING = "the_scream"
 
 
-def latencies(trace: list[list], keep: Any) -> dict[str, Any]:
+def latencies(trace: list[list], keep: Callable[[list], bool]) -> dict[str, Any]:
     """Answers, errors (not 200) and latency percentiles of the 200s of the trace's answers
     [start, end, status] that `keep` keeps."""
     rows = [r for r in trace if keep(r)]
@@ -54,8 +55,7 @@ def latencies(trace: list[list], keep: Any) -> dict[str, Any]:
 
 
 class Live:
-    """A service over a copy of the shipped store, under a traced closed loop that runs until
-    `stop()`."""
+    """A service over a copy of the shipped store `models`, under the traced closed loop."""
 
     def __init__(self, args: argparse.Namespace, models: list[str], log: Path,
                  settings: dict[str, str]) -> None:
@@ -70,7 +70,7 @@ class Live:
         self.args, self.log, self.until = args, log, self.tmp / "until"
         self.photos = photo_pngs(Path(args.images), [args.size], 32, self.tmp / "photos")
 
-    def run(self, path: str, changes: Any) -> tuple[dict, dict]:
+    def run(self, path: str, changes: Callable[[str], Any]) -> tuple[dict, Any]:
         """Serve, drive `path` in the background, call `changes(url)` meanwhile; the load's
         row (with its trace) and what `changes` returned."""
         try:

@@ -4,10 +4,12 @@ learns a new style, against a network trained for that painting alone and agains
 For each painting of DATA/styles whose name no shipped model carries (11 of them):
 1. learned: `python -m train multistyle --add-style` into a copy of the shipped multi-style
    network, with the service's defaults (service/settings.py `learn_*`: 128-px crops, at most
-   4,000 steps or `--learn-time-limit-s`, 7.5 minutes); the styles accumulate in one network, as
-   on a server;
-2. network: `python -m train style` on the painting alone (`--network-iterations` steps at
-   `--crop-size`; checkpointed, so an interrupted run goes on where it stopped);
+   4,000 steps or `--learn-time-limit-s`, 7.5 minutes; here on every core, where a server gives
+   its trainer one and serves on the others); the styles accumulate in one network, as on a
+   server;
+2. network: `python -m train style` on the painting alone, with the shipped networks' layers
+   (`--network-iterations` steps at `--crop-size`; checkpointed, so an interrupted run goes on
+   where it stopped);
 3. scored with the per-style network's objective (its λ_s from `--style-weight auto`, the same
    rule the learned style used) on `--content`: the learned style, the network, and Gatys et
    al. after `--gatys-iterations` iterations.
@@ -86,6 +88,7 @@ def network(painting: Path, work: Path, data: Path, args: argparse.Namespace) ->
         return
     train(["style", "--style-image", str(painting), "--name", painting.stem,
            "--store", str(store.root), "--data", str(data / "photos"), "--device", args.device,
+           "--norm", "instance", "--padding", "reflect", "--upsample", "resize_conv",  # as shipped
            "--crop-size", str(args.crop_size), "--iterations", str(args.network_iterations),
            "--checkpoint-dir", str(work / "runs"), "--checkpoint-every", "100",
            *(["--resume"] if (work / "runs" / painting.stem).is_dir() else [])])
