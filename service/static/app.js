@@ -109,10 +109,11 @@ async function learnStyle(event) {
       return `Learning: step ${j.progress.done} of ${j.progress.total}` +
         (left === undefined ? "." : `, about ${Math.ceil(left)} s left.`);
     }, 1000);
-    learn.status.textContent = `Learned ${name}: pick it above.`;
+    learn.progress.hidden = true;
     await loadModels();
     const choice = ui.styles.querySelector(`input[value="${CSS.escape(name)}"]`);
     if (choice) choice.checked = true;
+    learn.status.textContent = `Learned ${name}: pick it above.`;   // once it is in the list
   } catch (e) {
     learn.error.textContent = `The style could not be learned: ${e.message}`;
     learn.error.hidden = false;
