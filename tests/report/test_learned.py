@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from report import learned
 from tests.helpers.models import make_multistyle_store
 
@@ -23,8 +25,8 @@ def doc() -> dict:
     machine = {"cpu": "a CPU", "cores": 2, "torch": "2.14", "threads": 2}
     settings = {"content": ["a", "b"], "size": 256, "gatys_iterations": 100,
                 "network_iterations": 2000, "crop_size": 128, "learn_time_limit_s": 480.0}
-    return {"machine": machine, "uncovered": ["muse", "scream"], "settings": settings,
-            "paintings": {"scream": {"learn": {"seconds": 474.0, "steps": 812},
+    return {"uncovered": ["muse", "scream"], "settings": settings,
+            "paintings": {"scream": {"machine": machine, "learn": {"seconds": 474.0, "steps": 812},
                                      "images": {"a": terms, "b": other}}}}
 
 
@@ -44,3 +46,29 @@ def test_the_page_shows_every_picture(tmp_path):
     assert "1 of the 2\npaintings are scored so far." in page
     for kind in ("painting", "learned", "network", "gatys"):
         assert f'src="learned/scream_{kind}.jpg"' in page
+
+
+def test_the_page_names_the_machine_of_each_painting(tmp_path):
+    page = doc()
+    page["paintings"]["muse"] = {**page["paintings"]["scream"],
+                                 "machine": {"cpu": "another CPU", "cores": 16, "torch": "2.11",
+                                             "threads": 16}}
+    learned.write_page(page, tmp_path)
+    text = (tmp_path / "learned.md").read_text()
+    assert "- a CPU, 2 cores, torch 2.14, 2 threads: `scream`\n" in text
+    assert "- another CPU, 16 cores, torch 2.11, 16 threads: `muse`\n" in text
+
+
+def test_scores_go_on_from_the_committed_page_and_the_work_folder(tmp_path):
+    docs, work = tmp_path / "docs", tmp_path / "work"
+    docs.mkdir()
+    work.mkdir()
+    committed = doc()
+    committed["machine"] = committed["paintings"]["scream"].pop("machine")  # an older page
+    (docs / "learned.json").write_text(json.dumps(committed))
+    scores = learned.kept_scores(work, docs)
+    assert scores["scream"]["settings"] == committed["settings"]
+    assert scores["scream"]["machine"] == committed["machine"]
+    # a painting scored again in the work folder replaces the committed one
+    (work / "scores.json").write_text(json.dumps({"scream": {"settings": {}, "learn": {}}}))
+    assert learned.kept_scores(work, docs)["scream"] == {"settings": {}, "learn": {}}
