@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from service import errors, image_jobs, style_learning
+from service import errors, image_jobs, port_readiness, style_learning
 from service.activations import CPU_PASS_TENSORS
 from service.admission import Admission, Phase
 from service.batcher import Batcher
@@ -169,6 +169,7 @@ class Services:
         gc.collect()
         gc.freeze()
         self.admission.mark_ready()
+        port_readiness.mark_ready()
         self.jobs.start()
         self.learning.start()
         if self.jobs_redis is not None:

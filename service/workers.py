@@ -13,6 +13,8 @@ clients over 4 workers make batches of up to 16, within 10 % of the H200's best 
 one port (SO_REUSEPORT), over which the kernel spreads the connections. `python -m bench
 service --device stub` measures one worker against two.
 
+Readiness: /readyz answers 200 only once every worker is ready (service/port_readiness.py).
+
 Metrics: the workers write them to files in one folder (prometheus_client's multiprocess
 mode), and whichever worker answers /metrics sums them.
 
@@ -39,6 +41,7 @@ from multiprocessing.connection import wait
 from types import FrameType
 from typing import Any
 
+from service import port_readiness
 from service.logs import configure_logging
 from service.server import serve
 from service.settings import Settings, get_settings
@@ -69,6 +72,8 @@ def supervise(settings: Settings, overrides: dict[str, Any]) -> int:
     listen(settings.host, settings.port).close()   # a port in use fails here, not in N workers
     metrics_dir = tempfile.mkdtemp(prefix="service-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir       # inherited by the workers
+    ready_dir = tempfile.mkdtemp(prefix="service-ready-")
+    os.environ[port_readiness.ENV] = ready_dir
     spawn = multiprocessing.get_context("spawn")    # no fork: torch and CUDA do not survive it
     procs = [spawn.Process(target=_worker, args=(overrides, os.getpid()),
                            name=f"service-worker-{i}") for i in range(settings.workers)]
@@ -105,6 +110,7 @@ def supervise(settings: Settings, overrides: dict[str, Any]) -> int:
                 p.kill()
                 p.join()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ready_dir, ignore_errors=True)
     return 1 if failed or any(p.exitcode for p in procs) else 0
 
 

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import port_readiness
 from service.admission import Phase
 from service.deps import ServicesDep
 from service.schemas import (
@@ -32,13 +33,17 @@ async def healthz() -> Health:
                              "description": "starting, draining, or failed (a model did not "
                                             "load, or the device failed a health forward)"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """200 once every model is loaded and warmed up and the device runs a tiny forward pass;
-    503 while starting, while draining, and once failed."""
+    """200 once every model is loaded and warmed up and the device runs a tiny forward pass
+    (in every worker, when there are several); 503 while starting, while draining, and once
+    failed."""
     await services.check_device()
     admission = services.admission     # the one owner of the phase
     body = Readiness(status=str(admission.phase), models=len(services.registry.models()),
                      error=admission.error)
-    status = 200 if admission.phase is Phase.READY else 503
+    ready, workers = port_readiness.workers_ready(), services.settings.workers
+    if admission.phase is Phase.READY and ready is not None and ready < workers:
+        body.status, body.error = str(Phase.STARTING), f"{ready} of {workers} workers are ready"
+    status = 200 if body.status == Phase.READY else 503
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import batcher as batching
-from service import errors
+from service import errors, port_readiness
 from service.admission import Admission, Phase
 from service.app import create_app
 from service.inference import _service_error
@@ -205,6 +205,27 @@ async def test_load_shed_answers_from_the_admission_and_counts_it() -> None:
         assert (await client.post("/v1/superres")).status_code == 200  # the route's 503
     assert reached == ["/v1/stylize", "/v1/models", "/v1/superres"]
     assert metrics.rejections.labels(reason="queue_full")._value.get() == 1
+
+
+async def test_readyz_waits_for_every_worker_of_the_port(make_settings, tmp_path, monkeypatch
+                                                        ) -> None:
+    """A worker's own phase is ready, but the port is not until each worker has marked itself
+    (service/port_readiness.py; the supervisor makes the folder)."""
+    monkeypatch.setenv(port_readiness.ENV, str(tmp_path))
+    app = create_app(make_settings(models=["udnie"], workers=2))
+    app.state.services.admission.mark_ready()
+    port_readiness.mark_ready()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    async with client:
+        one = await client.get("/readyz")
+        assert one.status_code == 503
+        assert one.json() == {"status": "starting", "models": 0,
+                              "error": "1 of 2 workers are ready"}
+        (tmp_path / "another-worker").touch()
+        both = await client.get("/readyz")
+        assert both.status_code == 200 and both.json() == {"status": "ready", "models": 0}
+    app.state.services.codec_pool.shutdown()
+    app.state.services.inference.close()
 
 
 async def test_readyz_and_the_inflight_gauge_read_the_admission(make_settings) -> None:
