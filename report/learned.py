@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -146,22 +147,46 @@ def score(painting: Path, work: Path, data: Path, args: argparse.Namespace, docs
     return out
 
 
+def mean_terms(r: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each method's objective terms for one painting, averaged over the content images."""
+    return {k: {t: sum(im[k][t] for im in r["images"].values()) / len(r["images"])
+                for t in ("content", "style", "tv")} for k in ("learned", "network", "gatys")}
+
+
+def ratios(r: dict[str, Any]) -> tuple[float, float]:
+    """The learned style's total over the per-style network's, and over Gatys et al.'s."""
+    terms = mean_terms(r)
+    return (total(terms["learned"]) / total(terms["network"]),
+            total(terms["learned"]) / total(terms["gatys"]))
+
+
 def table(doc: dict[str, Any]) -> str:
     gatys = doc["settings"]["gatys_iterations"]
     rows = []
     for name, r in doc["paintings"].items():
-        terms = {k: {t: sum(im[k][t] for im in r["images"].values()) / len(r["images"])
-                     for t in ("content", "style", "tv")} for k in ("learned", "network", "gatys")}
+        terms = mean_terms(r)
         rows.append([f"`{name}`", f"{r['learn']['seconds'] / 60:.1f} ({r['learn']['steps']})",
                      *(f"{fmt_loss(terms[k]['content'])} / {fmt_loss(terms[k]['style'])}"
                        for k in ("learned", "network", "gatys")),
-                     f"{total(terms['learned']) / total(terms['network']):.2f}",
-                     f"{total(terms['learned']) / total(terms['gatys']):.2f}"])
+                     *(f"{x:.2f}" for x in ratios(r))])
     return markdown_table(
         ["painting", "learned: minutes (steps)", "learned: content / style",
          f"network ({doc['settings']['network_iterations']} steps): content / style",
          f"Gatys {gatys} it.: content / style", "learned ÷ network", f"learned ÷ Gatys {gatys}"],
         rows, "l" + "r" * 6)
+
+
+def summary(doc: dict[str, Any]) -> str:
+    """The ratios' range and median over the paintings scored."""
+    columns = list(zip(*(ratios(r) for r in doc["paintings"].values()), strict=True))
+    if not columns:
+        return "No painting is scored yet."
+    network, gatys = (sorted(c) for c in columns)
+    return (f"Over the {len(network)} paintings, the learned style's total is "
+            f"{network[0]:.2f}-{network[-1]:.2f}x the per-style network's (median "
+            f"{statistics.median(network):.2f}) and {gatys[0]:.2f}-{gatys[-1]:.2f}x that of "
+            f"Gatys et al. after {doc['settings']['gatys_iterations']} iterations (median "
+            f"{statistics.median(gatys):.2f}).")
 
 
 def write_page(doc: dict[str, Any], docs: Path) -> None:
@@ -190,6 +215,8 @@ the per-style network's objective (the same λ_s rule) on {', '.join(s['content'
 paintings are scored so far.
 
 {table(doc)}
+
+{summary(doc)}
 
 | painting | the painting | learned | network | Gatys {s['gatys_iterations']} it. |
 | :--- | :---: | :---: | :---: | :---: |

@@ -44,6 +44,9 @@ def test_the_page_shows_every_picture(tmp_path):
     learned.write_page(doc(), tmp_path)
     page = (tmp_path / "learned.md").read_text()
     assert "1 of the 2\npaintings are scored so far." in page
+    assert ("Over the 1 paintings, the learned style's total is 1.25-1.25x the per-style "
+            "network's (median 1.25) and 0.50-0.50x that of Gatys et al. after 100 iterations "
+            "(median 0.50).") in page
     for kind in ("painting", "learned", "network", "gatys"):
         assert f'src="learned/scream_{kind}.jpg"' in page
 
@@ -72,3 +75,15 @@ def test_scores_go_on_from_the_committed_page_and_the_work_folder(tmp_path):
     # a painting scored again in the work folder replaces the committed one
     (work / "scores.json").write_text(json.dumps({"scream": {"settings": {}, "learn": {}}}))
     assert learned.kept_scores(work, docs)["scream"] == {"settings": {}, "learn": {}}
+
+
+def test_the_summary_gives_the_range_and_median_of_the_ratios():
+    page = doc()
+    scream = page["paintings"]["scream"]
+    # muse: every learned term doubled, so 2.50x the network and 1.00x Gatys
+    page["paintings"]["muse"] = {**scream, "images": {
+        im: {**terms, "learned": {t: 2 * v for t, v in terms["learned"].items()}}
+        for im, terms in scream["images"].items()}}
+    assert learned.summary(page) == (
+        "Over the 2 paintings, the learned style's total is 1.25-2.50x the per-style network's "
+        "(median 1.88) and 0.50-1.00x that of Gatys et al. after 100 iterations (median 0.75).")
