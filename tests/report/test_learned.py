@@ -53,12 +53,16 @@ def test_the_page_shows_every_picture(tmp_path):
 
 def test_the_page_names_the_machine_of_each_painting(tmp_path):
     page = doc()
-    page["paintings"]["muse"] = {**page["paintings"]["scream"],
+    scream = page["paintings"]["scream"]
+    scream["machine"]["load_average"] = 2.2
+    page["paintings"]["muse"] = {**scream,
                                  "machine": {"cpu": "another CPU", "cores": 16, "torch": "2.11",
                                              "threads": 16}}
+    page["paintings"]["wave"] = {**scream, "machine": {**scream["machine"], "load_average": 1.9}}
     learned.write_page(page, tmp_path)
     text = (tmp_path / "learned.md").read_text()
-    assert "- a CPU, 2 cores, torch 2.14, 2 threads: `scream`\n" in text
+    assert ("- a CPU, 2 cores, torch 2.14, 2 threads (1-min load average 1.9-2.2 at the end of "
+            "each painting): `scream`, `wave`\n") in text
     assert "- another CPU, 16 cores, torch 2.11, 16 threads: `muse`\n" in text
 
 
