@@ -14,9 +14,10 @@ For each painting of DATA/styles whose name no shipped model carries (11 of them
    rule the learned style used) on `--content`: the learned style, the network, and Gatys et
    al. after `--gatys-iterations` iterations.
 
-Writes docs/learned.{json,md} and docs/learned/*.jpg. Each stage's result is kept in `--work`
-(default runs/learned, outside git), so the command can be run again to go on, and
-`--paintings` can do a few at a time: the page shows every painting scored so far.
+Writes docs/learned.{json,md} and docs/learned/*.jpg after each painting. Each stage's result
+is kept in `--work` (default runs/learned, outside git), and each painting's scores in
+docs/learned.json, so the command can be stopped and run again, here or on another machine, to
+go on; `--paintings` can do a few at a time. The page shows every painting scored so far.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def write_page(doc: dict[str, Any], docs: Path) -> None:
         names, loads = machines.setdefault(machine_line(m), ([], []))
         names.append(f"`{name}`")
         loads.extend([] if load is None else [load])
+
     def load_range(loads: list[float]) -> str:
         low, high = f"{min(loads):g}", f"{max(loads):g}"
         shown = low if low == high else f"{low}-{high}"
@@ -242,8 +244,7 @@ def kept_scores(work: Path, docs: Path) -> dict[str, Any]:
     page = docs / "learned.json"
     if page.is_file():
         doc = json.loads(page.read_text())
-        scores = {stem: {"settings": doc["settings"], "machine": doc.get("machine"), **r}
-                  for stem, r in doc["paintings"].items()}
+        scores = {stem: {"settings": doc["settings"], **r} for stem, r in doc["paintings"].items()}
     kept = work / "scores.json"
     if kept.is_file():
         scores.update(json.loads(kept.read_text()))

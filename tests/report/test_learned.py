@@ -71,11 +71,9 @@ def test_scores_go_on_from_the_committed_page_and_the_work_folder(tmp_path):
     docs.mkdir()
     work.mkdir()
     committed = doc()
-    committed["machine"] = committed["paintings"]["scream"].pop("machine")  # an older page
     (docs / "learned.json").write_text(json.dumps(committed))
-    scores = learned.kept_scores(work, docs)
-    assert scores["scream"]["settings"] == committed["settings"]
-    assert scores["scream"]["machine"] == committed["machine"]
+    assert learned.kept_scores(work, docs) == {
+        "scream": {"settings": committed["settings"], **committed["paintings"]["scream"]}}
     # a painting scored again in the work folder replaces the committed one
     (work / "scores.json").write_text(json.dumps({"scream": {"settings": {}, "learn": {}}}))
     assert learned.kept_scores(work, docs)["scream"] == {"settings": {}, "learn": {}}
