@@ -255,8 +255,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     data, work, docs = Path(args.data), Path(args.work), Path(args.docs)
     shipped = ModelStore(args.store)
-    covered = [p.stem for p in uncovered(data / "styles", shipped)]
     paintings = uncovered(data / "styles", shipped)
+    covered = [p.stem for p in paintings]
     if args.paintings:
         paintings = [p for p in paintings if p.stem in args.paintings.split(",")]
     store = ModelStore(work / "store")
