@@ -23,6 +23,7 @@ go on; `--paintings` can do a few at a time. The page shows every painting score
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -31,13 +32,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model_store import ModelStore
+from nets.device import resolve_device
 from report.common import fmt_loss, machine, machine_line, markdown_table, write_json, write_text
 from report.style import save_jpeg, total
+
+if TYPE_CHECKING:
+    from train.vgg import LossNetwork
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +101,22 @@ def network(painting: Path, work: Path, data: Path, args: argparse.Namespace) ->
            *(["--resume"] if (work / "runs" / painting.stem).is_dir() else [])])
 
 
+@functools.cache
+def loss_network(device: torch.device) -> LossNetwork:
+    """VGG, loaded once for every painting a run scores."""
+    from train.vgg import LossNetwork
+    from train.vgg_weights import resolve
+    return LossNetwork(*resolve()).to(device)
+
+
 def score(painting: Path, work: Path, data: Path, args: argparse.Namespace, docs: Path
           ) -> dict[str, Any]:
     """The three methods' objective terms on each content image (pictures of the first)."""
     from train.gatys import load_image, style_targets, stylize_by_optimisation
     from train.losses import feature_loss, style_loss, tv_loss
     from train.style_training import load_style_image
-    from train.vgg import LossNetwork
-    from train.vgg_weights import resolve
 
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
-                          else "cpu")
+    device = resolve_device(args.device)
     store = ModelStore(work / "store")
     net, manifest = store.load(painting.stem)
     multi, multi_manifest = store.load("multistyle")
@@ -114,7 +124,7 @@ def score(painting: Path, work: Path, data: Path, args: argparse.Namespace, docs
     styles = multi_manifest.options["styles"]
     cfg = manifest.training["config"]
     layers, at = cfg["style_layers"].split(","), cfg["content_layer"]
-    vgg = LossNetwork(*resolve()).to(device)
+    vgg = loss_network(device)
     targets = style_targets(vgg, load_style_image(str(painting), cfg["style_size"]
                                                   or cfg["image_size"]).to(device), layers)
     mix = torch.zeros(1, len(styles), device=device)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from model_store import data_root
+from nets.device import resolve_device
 from train.config import StyleConfig, weight
 from train.data import load_rgb
 from train.losses import feature_loss, gram, style_loss, tv_loss
@@ -212,8 +213,7 @@ def add_parser_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = resolve_device(args.device)
     kind, state = resolve(weights=Path(args.vgg_weights) if args.vgg_weights else None)
     vgg = LossNetwork(kind, state).to(device)
     content = load_image(args.content, args.image_size).to(device)
