@@ -59,11 +59,15 @@ def test_the_page_names_the_machine_of_each_painting(tmp_path):
                                  "machine": {"cpu": "another CPU", "cores": 16, "torch": "2.11",
                                              "threads": 16}}
     page["paintings"]["wave"] = {**scream, "machine": {**scream["machine"], "load_average": 1.9}}
+    # the same CPU name without bf16 units trains in fp32, at half the steps: listed apart
+    page["paintings"]["nude"] = {**scream, "machine": {**scream["machine"], "native_bf16": False}}
     learned.write_page(page, tmp_path)
     text = (tmp_path / "learned.md").read_text()
     assert ("- a CPU, 2 cores, torch 2.14, 2 threads (1-min load average 1.9-2.2 at the end of "
             "each painting): `scream`, `wave`\n") in text
     assert "- another CPU, 16 cores, torch 2.11, 16 threads: `muse`\n" in text
+    assert ("- a CPU, 2 cores, torch 2.14, 2 threads, no native bf16 so training runs in fp32 "
+            "(1-min load average 2.2 at the end of each painting): `nude`\n") in text
 
 
 def test_scores_go_on_from_the_committed_page_and_the_work_folder(tmp_path):
