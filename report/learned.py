@@ -69,14 +69,15 @@ def train(argv: list[str]) -> float:
 
 
 def learn(painting: Path, work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The painting learned into the work store's multi-style network (skipped if it is)."""
+    """The painting learned into the work store's multi-style network (skipped if it is).
+    Learned again (--replace) when a stopped run left the style in the store but no record."""
     store = ModelStore(work / "store")
     record = work / "learned.json"
     learned = json.loads(record.read_text()) if record.is_file() else {}
-    if painting.stem not in store.manifest("multistyle").options["styles"]:
+    if painting.stem not in learned:
         before = store.manifest("multistyle").iterations
         seconds = train(["multistyle", "--add-style", str(painting), "--name", painting.stem,
-                         "--init-from", "multistyle", "--store", str(store.root),
+                         "--replace", "--init-from", "multistyle", "--store", str(store.root),
                          "--data", str(data / "photos"), "--save-dtype", "float32",
                          "--checkpoint-dir", str(work / "runs"), "--checkpoint-every", "40000",
                          "--device", args.device, *LEARN_ARGS,
