@@ -62,7 +62,7 @@ def machine_line(m: dict[str, Any]) -> str:
     if m.get("gpu"):
         text += f", {m['gpu']}"
     elif "native_bf16" in m:
-        text += ", native bf16" if m["native_bf16"] else ", no native bf16 so training runs in fp32"
+        text += ", native bf16" if m["native_bf16"] else ", no native bf16, so fp32"
     if "load_average" in m:
         text += f" (1-min load average {m['load_average']} at the end of the run"
         if m["load_average"] > m["threads"] + 0.5:   # more than this run's own threads

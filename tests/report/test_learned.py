@@ -66,7 +66,7 @@ def test_the_page_names_the_machine_of_each_painting(tmp_path):
     assert ("- a CPU, 2 cores, torch 2.14, 2 threads (1-min load average 1.9-2.2 at the end of "
             "each painting): `scream`, `wave`\n") in text
     assert "- another CPU, 16 cores, torch 2.11, 16 threads: `muse`\n" in text
-    assert ("- a CPU, 2 cores, torch 2.14, 2 threads, no native bf16 so training runs in fp32 "
+    assert ("- a CPU, 2 cores, torch 2.14, 2 threads, no native bf16, so fp32 "
             "(1-min load average 2.2 at the end of each painting): `nude`\n") in text
 
 
