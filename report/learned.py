@@ -69,8 +69,8 @@ def train(argv: list[str]) -> float:
 
 
 def learn(painting: Path, work: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """The painting learned into the work store's multi-style network (skipped if it is).
-    Learned again (--replace) when a stopped run left the style in the store but no record."""
+    """The painting learned into the work store's multi-style network, once per work folder:
+    learned again (--replace) when a stopped run left the style in the store but no record."""
     store = ModelStore(work / "store")
     record = work / "learned.json"
     learned = json.loads(record.read_text()) if record.is_file() else {}
