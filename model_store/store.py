@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,8 +137,11 @@ class ModelStore:
         return len(buf.getvalue())
 
     def update_metrics(self, name: str, metrics: dict[str, Any]) -> Manifest:
-        """Merge evaluation results into a model's manifest."""
+        """Merge evaluation results into a model's manifest (in one step: a serving replica may
+        read it meanwhile)."""
         manifest = self.manifest(name)
         merged = dataclasses.replace(manifest, metrics={**manifest.metrics, **metrics})
-        (self._dir(name) / MANIFEST).write_text(merged.to_json())
+        path = self._dir(name) / MANIFEST
+        path.with_name(MANIFEST + ".new").write_text(merged.to_json())
+        os.replace(path.with_name(MANIFEST + ".new"), path)
         return merged

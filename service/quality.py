@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 STYLE_RATIO = 0.5      # the ship gate: at most this much of the unstyled input's distance
 PROBES = 4
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A gate's answer and the figures it stands on (kept with a learned style's manifest)."""
+
+    problem: str | None = None          # why the model fails; None: it passes
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=4)
@@ -91,8 +101,8 @@ def _psnr(a: torch.Tensor, b: torch.Tensor, border: int) -> float:
     return float(10 * torch.log10(255 ** 2 / ((ya - yb) ** 2).mean()))
 
 
-def superres_gate(model) -> str | None:  # noqa: ANN001 - registry.LoadedModel
-    """Why `model` is not better than bicubic upscaling on the probes, or None."""
+def superres_gate(model) -> Verdict:  # noqa: ANN001 - registry.LoadedModel
+    """Whether `model` upscales the probes better than bicubic upscaling."""
     f = model.factor
     side = 32 * f
     hr = probe_images(side)
@@ -103,10 +113,11 @@ def superres_gate(model) -> str | None:  # noqa: ANN001 - registry.LoadedModel
     target = _tensor(hr)
     net = _psnr((_run(model, _tensor(lr)) * 255).round() / 255, target, f)   # as encoded
     base = _psnr(_tensor(bicubic), target, f)
+    figures = {"psnr_y_db": round(net, 2), "bicubic_psnr_y_db": round(base, 2)}
     if net <= base:
-        return (f"on the probe images it upscales x{f} worse than bicubic: PSNR-Y {net:.2f} dB "
-                f"against {base:.2f}")
-    return None
+        return Verdict(f"on the probe images it upscales x{f} worse than bicubic: PSNR-Y "
+                       f"{net:.2f} dB against {base:.2f}", figures)
+    return Verdict(None, figures)
 
 
 def _grams(x: torch.Tensor) -> list[torch.Tensor]:
@@ -140,24 +151,29 @@ def style_ratios(forward: Callable[[torch.Tensor], torch.Tensor], painting: byte
 
 
 def style_gate(model, painting: bytes,  # noqa: ANN001 - registry.LoadedModel
-               style: int | None = None) -> str | None:
-    """Why `model`'s outputs (of its style number `style`, on a multi-style network) are not
-    close enough to its painting's statistics, or None."""
+               style: int | None = None) -> Verdict:
+    """Whether `model`'s outputs (of its style number `style`, on a multi-style network) are
+    close enough to its painting's statistics; the figure is the worst probe's ratio."""
     worst = max(style_ratios(lambda x: _run(model, x, style), painting))
+    figures = {"texture_ratio": round(worst, 3), "at_most": STYLE_RATIO}
     if worst > STYLE_RATIO:
-        return (f"on the probe images its outputs are not like its painting: the texture "
-                f"statistics keep {worst:.2f} of the input's distance to it (at most "
-                f"{STYLE_RATIO} passes)")
-    return None
+        return Verdict(f"on the probe images its outputs are not like its painting: the "
+                       f"texture statistics keep {worst:.2f} of the input's distance to it (at "
+                       f"most {STYLE_RATIO} passes)", figures)
+    return Verdict(None, figures)
 
 
-def check(model, paintings: dict[str, bytes]) -> str | None:  # noqa: ANN001 - LoadedModel
-    """Why `model` fails its task's gate, or None. `paintings`: by style name, those the store
-    keeps (a single-style network's under its own name)."""
+def check(model, paintings: dict[str, bytes]) -> Verdict:  # noqa: ANN001 - LoadedModel
+    """`model` through its task's gate. `paintings`: by style name, those the store keeps (a
+    single-style network's under its own name); the figures of a style network are by style."""
     if model.task == "superres":
         return superres_gate(model)
+    figures: dict[str, Any] = {}
     for style, painting in paintings.items():
         index = model.styles.index(style) if model.styles else None
-        if (problem := style_gate(model, painting, index)) is not None:
-            return f"style {style}: {problem}" if model.styles else problem
-    return None
+        verdict = style_gate(model, painting, index)
+        figures[style] = verdict.figures
+        if verdict.problem is not None:
+            problem = f"style {style}: {verdict.problem}" if model.styles else verdict.problem
+            return Verdict(problem, figures)
+    return Verdict(None, figures)

@@ -57,8 +57,8 @@ def architecture(manifest: Manifest) -> str:
     return json.dumps([manifest.architecture, options], sort_keys=True)
 
 
-def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str | None:
-    """Why a freshly loaded model must not take traffic, or None: its output on a test image
+def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> quality.Verdict:
+    """Whether a freshly loaded model may take traffic: its output on a test image
     must be finite, and in reduced precision within the error its manifest records against the
     same weights in float32 (plus a grey level: the test image is not the images it was
     recorded on); then it must pass its task's quality gate (service/quality.py), a style
@@ -68,7 +68,7 @@ def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str 
            if model.styles else None)
     y = model.run_module(x.to(model.dtype), mix).float()
     if not torch.isfinite(y).all():
-        return "its output on a test image is not finite"
+        return quality.Verdict("its output on a test image is not finite")
     recorded = model.manifest.metrics.get("fp16_max_error_levels")
     if model.dtype != torch.float32 and recorded is not None:
         reference = copy.deepcopy(model.module).float()
@@ -76,8 +76,9 @@ def check(model: LoadedModel, paintings: dict[str, bytes] | None = None) -> str 
             exact = (reference(x.float(), mix) if mix is not None else reference(x.float()))
         error = float((policies.levels(y) - policies.levels(exact)).abs().max())
         if error > recorded + 1:
-            return (f"in {model.dtype_name} it differs from float32 by {error:.1f} grey levels, "
-                    f"over the {recorded:.2f} its manifest records")
+            return quality.Verdict(f"in {model.dtype_name} it differs from float32 by "
+                                   f"{error:.1f} grey levels, over the {recorded:.2f} its "
+                                   "manifest records")
     return quality.check(model, paintings or {})
 
 
@@ -323,12 +324,13 @@ class Registry:
         call from a thread). A new version is loaded, measured (or its stored policy reused),
         warmed up and checked (`check`) before it takes the old one's place in one step; one
         that fails is refused, with the reason in `refused`, and the old version keeps
-        serving. A model removed from the store stops being served."""
+        serving; `gates` has the figures each version checked was judged on. A model removed
+        from the store stops being served."""
         with self._reloading:
             names = self.wanted or self.store.names()
             environment = policy_store.environment(self.device, self.threads)
             report: dict[str, Any] = {"added": [], "replaced": [], "removed": [],
-                                      "refused": {}}
+                                      "refused": {}, "gates": {}}
             for name in names:
                 current = self._models.get(name)
                 try:
@@ -341,9 +343,12 @@ class Registry:
                         self.refused.pop(name, None)
                         continue
                     model = self._load(name, environment)
-                    problem = check(model, self._paintings(model, current))
+                    verdict = check(model, self._paintings(model, current))
                 except Exception as e:   # a broken file is refused like a failed check
-                    digest, problem = "", f"{type(e).__name__}: {e}"
+                    digest, verdict = "", quality.Verdict(f"{type(e).__name__}: {e}")
+                if verdict.figures:
+                    report["gates"][name] = verdict.figures
+                problem = verdict.problem
                 if problem is not None:
                     log.warning("model %s (%s) refused: %s", name, digest[:12], problem)
                     self.refused[name] = {"digest": digest, "reason": problem}

@@ -75,6 +75,10 @@ class ReloadReport(BaseModel):
     replaced: list[str]
     removed: list[str]
     refused: dict[str, str] = Field(description="name -> why the new version was refused")
+    gates: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> the quality gate's figures for each new "
+        "version checked: PSNR-Y against bicubic (super-resolution); per style, the texture "
+        "ratio to its painting (at most 0.5 passes)")
 
 
 class Health(BaseModel):

@@ -6,7 +6,8 @@ import `train`) on a copy of the network in a temporary store: only the new styl
 shift train, so the other styles stay as they were. Its progress comes from the trainer's JSON
 lines. When it ends, the new version and the painting go into the store and the service
 reloads (`Services.reload_models`): the reload gate (service/quality.py) checks the new style
-against its painting before it takes traffic, and if it fails, the store is put back as it was.
+against its painting before it takes traffic (its figures then join the manifest), and if it
+fails, the store is put back as it was.
 A failed or cancelled job leaves the store and every served style as they were. With Redis,
 the other replicas are told (`Services.store_changed`) and reload too: those that share the
 store (a volume) then serve the style.
@@ -113,11 +114,25 @@ def handler(learning: Learning, reload: Reload, announce: Announce) -> Handler:
                 with contextlib.suppress(Exception):
                     await install
                 raise
+            learned[name]["gate"] = report["gates"].get(learning.base, {}).get(name)
+            await _record_gate(learning, name, learned[name]["gate"], reload)
             await announce()
         return JobOutput(json.dumps({"style": name, "model": learning.base, "reload": report,
                                      **learned[name]}).encode(), "application/json")
 
     return run
+
+
+async def _record_gate(learning: Learning, name: str, gate: dict[str, Any] | None,
+                       reload: Reload) -> None:
+    """Keep the figures the reload gate passed the style on with its manifest entry; the
+    reload after it sees the same weights and only takes the manifest."""
+    served = ModelStore(learning.store)
+    learned = served.manifest(learning.base).metrics.get("learned_styles", {})
+    if name in learned:
+        learned[name]["gate"] = gate
+        served.update_metrics(learning.base, {"learned_styles": learned})
+        await reload()
 
 
 async def _train(argv: list[str], progress: Progress, threads: int) -> dict[str, Any]:

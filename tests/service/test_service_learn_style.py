@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from model_store import ModelStore
-from service import errors
+from service import errors, quality
 from service.auth import key_id
 from tests.helpers import images
 from tests.helpers.models import make_multistyle_store, own_painting
@@ -141,6 +141,16 @@ async def test_a_learned_style_is_served_and_batched_with_the_others(tmp_path, m
         assert await stylize("own:0.5,candy:0.5") not in (candy, await stylize("own"))
         kept = ModelStore(store.root).painting("multistyle", "own")
         assert kept is not None
+        # the figure the gate passed it on, kept with its manifest entry, measured again here
+        gate = result["reload"]["gates"]["multistyle"]["own"]
+        assert result["gate"] == listed["own"]["learned"]["gate"] == gate
+        manifest = ModelStore(store.root).manifest("multistyle")
+        assert manifest.metrics["learned_styles"]["own"]["gate"] == gate
+        served = r.services.registry.get("multistyle")
+        assert served.manifest.metrics["learned_styles"]["own"]["gate"] == gate
+        again = quality.style_gate(served, kept, served.styles.index("own"))
+        assert again.problem is None and again.figures == gate
+        assert gate["texture_ratio"] <= gate["at_most"] == 0.5
         thumbnail = await r.client.get("/v1/styles/own/thumbnail")
         assert thumbnail.status_code == 200
 

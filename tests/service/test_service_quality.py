@@ -36,12 +36,20 @@ def test_every_shipped_model_passes_with_the_paintings_it_keeps(shipped):
         else:
             paintings = {name: SHIPPED.painting(name)} if model.task == "style" else {}
             assert None not in paintings.values(), name
-        assert quality.check(model, paintings) is None, name
+        verdict = quality.check(model, paintings)
+        assert verdict.problem is None, name
+        if model.task == "superres":     # the figures it passed on
+            assert verdict.figures["psnr_y_db"] > verdict.figures["bicubic_psnr_y_db"], name
+        else:
+            assert set(verdict.figures) == set(paintings), name
+            assert all(0 <= f["texture_ratio"] <= 0.5 for f in verdict.figures.values()), name
 
 
 def test_a_style_network_against_another_painting_fails(shipped):
-    problem = quality.style_gate(shipped["candy"], SHIPPED.painting("udnie"))
-    assert problem is not None and "not like its painting" in problem
+    verdict = quality.style_gate(shipped["candy"], SHIPPED.painting("udnie"))
+    assert verdict.problem is not None and "not like its painting" in verdict.problem
+    assert verdict.figures["texture_ratio"] > 0.5
+    assert f"keep {verdict.figures['texture_ratio']:.2f} of" in verdict.problem
 
 
 def test_untrained_networks_fail(shipped):
@@ -50,15 +58,16 @@ def test_untrained_networks_fail(shipped):
     torch.manual_seed(0)
     model.module = StyleNet(norm="instance", upsample="resize_conv", padding="reflect").eval()
     try:
-        assert quality.style_gate(model, SHIPPED.painting("udnie")) is not None
+        assert quality.style_gate(model, SHIPPED.painting("udnie")).problem is not None
     finally:
         model.module = trained
     sr = shipped["sr_x4"]
     trained = sr.module
     sr.module = SuperResNet(4, norm="none").eval()
     try:
-        problem = quality.superres_gate(sr)
-        assert problem is not None and "worse than bicubic" in problem
+        verdict = quality.superres_gate(sr)
+        assert verdict.problem is not None and "worse than bicubic" in verdict.problem
+        assert verdict.figures["psnr_y_db"] <= verdict.figures["bicubic_psnr_y_db"]
     finally:
         sr.module = trained
 
@@ -73,6 +82,9 @@ async def test_a_reload_refuses_a_version_that_fails_the_gate(tmp_path, make_set
         shutil.copytree(SHIPPED_ROOT / "udnie", store.root / "udnie")
         answer = (await r.client.post("/admin/models/reload")).json()
         assert answer["added"] == ["udnie"]                   # shipped, with its painting
+        assert answer["gates"]["udnie"]["udnie"]["texture_ratio"] <= 0.5
+        sr_x4 = answer["gates"]["sr_x4"]
+        assert sr_x4["psnr_y_db"] <= sr_x4["bicubic_psnr_y_db"]
         assert "worse than bicubic" in answer["refused"]["sr_x4"]
         listed = (await r.client.get("/v1/models")).json()
         assert {m["name"] for m in listed["models"]} == {"sr_x4", "udnie"}
@@ -85,11 +97,11 @@ async def test_a_reload_refuses_a_version_that_fails_the_gate(tmp_path, make_set
 def test_a_multistyle_network_is_checked_on_the_styles_it_keeps_paintings_of(shipped):
     model = shipped["multistyle"]
     udnie, candy = model.styles.index("udnie"), model.styles.index("candy")
-    assert quality.style_gate(model, SHIPPED.painting("udnie"), udnie) is None
-    assert quality.check(model, {"udnie": SHIPPED.painting("udnie")}) is None
-    problem = quality.check(model, {"udnie": SHIPPED.painting("candy")})
+    assert quality.style_gate(model, SHIPPED.painting("udnie"), udnie).problem is None
+    assert quality.check(model, {"udnie": SHIPPED.painting("udnie")}).problem is None
+    problem = quality.check(model, {"udnie": SHIPPED.painting("candy")}).problem
     assert problem is not None and problem.startswith("style udnie: ")
-    assert quality.style_gate(model, SHIPPED.painting("udnie"), candy) is not None
+    assert quality.style_gate(model, SHIPPED.painting("udnie"), candy).problem is not None
 
 
 def test_psnr_is_on_the_y_channel_by_hand():

@@ -49,7 +49,8 @@ async def test_models_are_added_replaced_refused_and_removed_while_serving(
         before = await stylize("udnie")
         assert before.status_code == 200
         assert (await stylize("wave")).status_code == 404
-        assert await reload() == {"added": [], "replaced": [], "removed": [], "refused": {}}
+        assert await reload() == {"added": [], "replaced": [], "removed": [], "refused": {},
+                                  "gates": {}}
 
         save_style(store, "wave", seed=1)                             # added
         assert (await reload())["added"] == ["wave"]
@@ -72,7 +73,8 @@ async def test_models_are_added_replaced_refused_and_removed_while_serving(
         assert (await stylize("udnie")).content == after.content
 
         save_style(store, "udnie", seed=2)                 # rolled back to what serves
-        assert await reload() == {"added": [], "replaced": [], "removed": [], "refused": {}}
+        assert await reload() == {"added": [], "replaced": [], "removed": [], "refused": {},
+                                  "gates": {}}
         assert (await r.client.get("/v1/models")).json()["refused"] == {}
 
         shutil.rmtree(store.root / "wave")                            # removed
