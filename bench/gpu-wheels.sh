@@ -2,14 +2,18 @@
 # The wheels of the service's dependencies that the GPU machine's image lacks (it has torch,
 # numpy, pillow, prometheus-client, httpx, uvloop, pytest ...), for its Python 3.12 on x86-64,
 # at this environment's versions, into .whl/ (git-ignored), where bench/gpu.sh installs them
-# from. Run it where pip can download.
+# from; then what `bash bench/gpu.sh OUT learn` needs beside them into .carry/
+# (`python -m bench.gpu_carry`: the loss network, a painting, photos). Run it where pip can
+# download and ../shared/data is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 names="annotated-types fastapi httptools isal opentelemetry-api pydantic pydantic-core
   pydantic-settings python-dotenv python-multipart redis starlette typing-inspection uvicorn
   pytest-asyncio"
-grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+for ignored in /.whl/ /.carry/; do
+  grep -qx "$ignored" .git/info/exclude || echo "$ignored" >> .git/info/exclude
+done
 mkdir -p .whl
 for name in $names; do
   version=$("$PY" -m pip show "$name" | awk '/^Version:/ {print $2}')
@@ -18,3 +22,4 @@ for name in $names; do
     --platform manylinux2014_x86_64 -d .whl "$name==$version"
 done
 du -sh .whl
+"$PY" -m bench.gpu_carry

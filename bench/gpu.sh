@@ -2,7 +2,8 @@
 # The device checks of issue 17 in one run, at most 8 minutes on one H100/H200: the first thing
 # to run whenever a GPU is lent, its results committed.
 #
-#   bash bench/gpu.sh [OUT]     # from the repository root; OUT defaults to bench/results
+#   bash bench/gpu.sh [OUT]         # from the repository root; OUT defaults to bench/results
+#   bash bench/gpu.sh OUT learn     # only issue 20's GPU target, at most 4 minutes (below)
 #
 # 1. the CUDA tests;
 # 2. `bench model --device cuda` over the service's candidate paths (service/execution.py);
@@ -13,11 +14,17 @@
 # Each writes JSON and a plot named after the GPU (e.g. service-cuda-h200.json) under OUT, and
 # a log of its own; a step that fails or runs out of time does not stop the next.
 #
+# `learn`: a painting uploaded to POST /v1/styles of the service on the GPU, under the load of
+# `bench live` (`--device cuda`), to be served within a minute. The GPU machine has no
+# ../shared/data and no loss network: they travel in .carry/ (`python -m bench.gpu_carry`).
+#
 # A machine without the project's dependencies (a bare GPU image with torch only) installs them
-# from .whl/ when it is there: `bash bench/gpu-wheels.sh` fills it on a machine with pip.
+# from .whl/ when it is there: `bash bench/gpu-wheels.sh` fills it on a machine with pip, and
+# .carry/ too. Carry .whl always, and .carry for `learn` (the two with the tree: about 63 MiB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results}
+PART=${2:-checks}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -39,6 +46,18 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAM
   echo "   exit $? after $((SECONDS - started))s; tail of $OUT/$name-$gpu.log:"
   tail -n 4 "$OUT/$name-$gpu.log"
 }
+
+if [ "$PART" = learn ]; then
+  [ -f .carry/vgg.safetensors ] || { echo "no .carry/: run python -m bench.gpu_carry first"; exit 1; }
+  # the CPU's settings but 35 s of training: the minute's rest is the trainer's start and the
+  # reload
+  PERCEPTUAL_DATA=$PWD/.carry/data SERVICE_LEARN_TIME_LIMIT_S=35 \
+    SERVICE_LEARN_EXTRA_ARGS="--vgg-weights $PWD/.carry/vgg.safetensors" \
+    step learn 220 "$PY" -m bench live --only learn --device cuda --settle-s 5 \
+    --out "$OUT/live-learn-cuda-$gpu.json"
+  echo "== done in $((SECONDS - started))s; results in $OUT"
+  exit 0
+fi
 
 step cuda-tests 75 "$PY" -m pytest -q -p no:cacheprovider -x tests/service/test_service_cuda.py \
   tests/service/test_service_graphs.py tests/service/test_service_staging.py

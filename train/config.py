@@ -75,6 +75,11 @@ class StyleConfig(TrainConfig):
     content_layer: str = opt("relu2_2", "feature reconstruction layer (the paper: relu2_2)")
     style_layers: str = opt("relu1_2,relu2_2,relu3_3,relu4_3", "style reconstruction layers")
 
+    def __post_init__(self) -> None:
+        if self.crop_size > self.image_size:
+            raise ValueError(f"--crop-size {self.crop_size} is larger than the photos, scaled "
+                             f"to --image-size {self.image_size}")
+
 
 @dataclass(frozen=True)
 class SuperResConfig(TrainConfig):

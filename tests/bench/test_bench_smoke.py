@@ -6,13 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from bench import cache as bench_cache
+from bench import gpu_carry
 from bench import load as bench_load
 from bench import model as bench_model
 from bench import service as bench_service
 from bench.__main__ import BENCHMARKS
+from tests.helpers import images
+from tests.train.test_gatys import random_vgg_state
+from train.vgg_weights import export
 
 MACHINE = {"cpu", "cores", "torch", "threads", "gpu"}
 
@@ -153,3 +162,59 @@ def test_live_swap(tmp_path: Path) -> None:
     assert len(swap["swap_spans"]) == 2 and len(swap["timeline"]) == (
         swap["outside"]["answers"] + swap["during"]["answers"])
     assert out.with_suffix(".png").is_file()
+
+
+def test_gpu_carry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "data"
+    (data / "styles").mkdir(parents=True)
+    (data / "photos").mkdir()
+    painting = images.encode(Image.new("RGB", (40, 30), (200, 100, 0)))
+    (data / "styles" / "own.jpg").write_bytes(painting)
+    for i, size in enumerate([(300, 200), (120, 160), (90, 90)]):
+        Image.new("RGB", size, (i * 80, 0, 0)).save(data / "photos" / f"{i}.jpg")
+    monkeypatch.setenv("PERCEPTUAL_DATA", str(data))
+    state = random_vgg_state()
+    export("vgg16", state, tmp_path / "vgg.safetensors")
+    out = tmp_path / "carry"
+    assert gpu_carry.main(["--painting", "own", "--short-side", "64", "--out", str(out),
+                           "--vgg-weights", str(tmp_path / "vgg.safetensors")]) == 0
+    carried = load_file(out / "vgg.safetensors")
+    with safe_open(str(out / "vgg.safetensors"), "pt") as f:
+        assert (f.metadata() or {})["kind"] == "vgg16"
+    assert set(carried) == set(state)
+    assert all(t.dtype == torch.float16 for t in carried.values())
+    assert torch.allclose(carried["conv0.weight"].float(), state["conv0.weight"], atol=1e-3)
+    assert (out / "data" / "styles" / "own.jpg").read_bytes() == painting
+    sizes = sorted(Image.open(p).size for p in (out / "data" / "photos").iterdir())
+    assert sizes == [(64, 64), (64, 85), (96, 64)]     # shorter side 64, as the trainer's
+
+
+def test_live_learn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `bash bench/gpu.sh OUT learn` runs it: the data from PERCEPTUAL_DATA, the learning
+    settings from the environment."""
+    from bench import live as bench_live
+
+    data = tmp_path / "data"
+    (data / "styles").mkdir(parents=True)
+    (data / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(
+            data / "photos" / f"{i}.png")
+    Image.new("RGB", (48, 48), (240, 200, 30)).save(data / "styles" / "own.jpg")
+    export("vgg16", random_vgg_state(), tmp_path / "vgg.safetensors")
+    monkeypatch.setenv("PERCEPTUAL_DATA", str(data))
+    monkeypatch.setenv("SERVICE_LEARN_ITERATIONS", "25")
+    monkeypatch.setenv("SERVICE_LEARN_CROP_SIZE", "32")
+    monkeypatch.setenv("SERVICE_LEARN_EXTRA_ARGS", "--image-size 32 --batch-size 2 --amp none "
+                       f"--device cpu --vgg-weights {tmp_path / 'vgg.safetensors'}")
+    out = tmp_path / "live.json"
+    assert bench_live.main(["--only", "learn", "--painting", "own", "--settle-s", "1",
+                            "--warmup-s", "0.5", "--size", "64", "--concurrency", "2",
+                            "--images", str(tmp_path / "no-photos"), "--out", str(out)]) == 0
+    learn = json.loads(out.read_text())["learn"]
+    assert learn["settings"]["SERVICE_LEARN_ITERATIONS"] == "25" and learn["steps"] == 25
+    assert learn["painting"] == "own" and learn["target_s"] == 600
+    # 25 steps with a random loss network: the gate decides; either way nothing else fails
+    assert learn["served_status"] == (200 if learn["state"] == "done" else 404)
+    assert learn["others_failed"] == 0 and learn["during"]["answers"] > 0

@@ -49,3 +49,12 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
               "--store", str(tmp_path)])
     assert e.value.code == 2
     assert "image folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["style", "multistyle"])
+def test_crops_larger_than_the_photos_are_a_clear_error(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--image-size", "32", "--crop-size", "128", "--store", str(tmp_path)])
+    assert e.value.code == 2
+    assert ("error: --crop-size 128 is larger than the photos, scaled to --image-size 32"
+            in capsys.readouterr().err)
