@@ -43,12 +43,17 @@ def test_the_table_compares_totals_averaged_over_the_images():
 def test_the_page_shows_every_picture(tmp_path):
     learned.write_page(doc(), tmp_path)
     page = (tmp_path / "learned.md").read_text()
-    assert "1 of the 2\npaintings are scored so far." in page
+    assert "totals are compared. 1 of the 2 paintings are scored so far." in page
     assert ("Over the 1 paintings, the learned style's total is 1.25-1.25x the per-style "
             "network's (median 1.25) and 0.50-0.50x that of Gatys et al. after 100 iterations "
             "(median 0.50).") in page
     for kind in ("painting", "learned", "network", "gatys"):
         assert f'src="learned/scream_{kind}.jpg"' in page
+    complete = doc()
+    complete["paintings"]["muse"] = complete["paintings"]["scream"]
+    learned.write_page(complete, tmp_path)
+    assert ("totals are compared. All 2 paintings are scored."
+            in (tmp_path / "learned.md").read_text())
 
 
 def test_the_page_names_the_machine_of_each_painting(tmp_path):
