@@ -20,7 +20,8 @@
 #
 # A machine without the project's dependencies (a bare GPU image with torch only) installs them
 # from .whl/ when it is there: `bash bench/gpu-wheels.sh` fills it on a machine with pip, and
-# .carry/ too. Carry .whl always, and .carry for `learn` (the two with the tree: about 63 MiB).
+# .carry/ too. Carry .whl always, and .carry for `learn` (bench.gpu_carry takes as many photos as
+# the device tool's 64 MiB leave room for beside the tree and .whl).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results}
