@@ -149,7 +149,8 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
         if not math.isfinite(history[-1]):
             raise FloatingPointError(f"loss became {history[-1]} at step {step}")
         bar.update(1)
-        if step % 25 == 0:
+        out_of_time = bool(cfg.time_limit_s) and time.monotonic() - start > cfg.time_limit_s
+        if step % 25 == 0 or step == cfg.iterations or out_of_time:   # the last step too
             means = {k: sum(v) / len(v) for k, v in window.items()}
             bar.set_postfix({k: f"{v:.4g}" for k, v in means.items()})
             if cfg.progress_json and world.main:
@@ -158,7 +159,7 @@ def fit(cfg: TrainConfig, net: nn.Module, objective: Objective, sample: Sampler,
                                   "time_limit_s": cfg.time_limit_s}), flush=True)
         if world.main and step % cfg.checkpoint_every == 0:
             checkpoint.save(ckpt_dir, net, opt, scaler, step, dataclasses.asdict(cfg), runs())
-        if cfg.time_limit_s and time.monotonic() - start > cfg.time_limit_s:
+        if out_of_time:
             break
     bar.close()
     if world.main and step % cfg.checkpoint_every:

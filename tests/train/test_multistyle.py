@@ -138,19 +138,20 @@ def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
     stripes[::4] = (200, 40, 40)
     Image.fromarray(stripes).save(painting)
     cfg = MultiStyleConfig(add_style=str(painting), name="stripes", data=str(photos),
-                           store=str(store.root), image_size=32, batch_size=2, iterations=25,
+                           store=str(store.root), image_size=32, batch_size=2, iterations=30,
                            checkpoint_dir=str(tmp_path / "runs"), device="cpu", amp="none",
                            save_dtype="float32", add_style_lr=2e-2, style_weight=1e-4,
                            tv_weight=1e-2, progress_json=True)
     trained, result = multistyle_training.run(cfg)
     progress = [json.loads(line) for line in capsys.readouterr().out.splitlines()
                 if line.startswith("{")]
-    assert [p["step"] for p in progress] == [25] and progress[0]["iterations"] == 25
+    # every 25 steps and the last
+    assert [p["step"] for p in progress] == [25, 30] and progress[0]["iterations"] == 30
     assert set(progress[0]["losses"]) == {"content", "style", "tv", "total"}
     assert sum(result.history[-4:]) < sum(result.history[:4])
     loaded, manifest = store.load("multistyle")
     assert manifest.options["styles"] == ["a", "b", "c", "stripes"]
-    assert manifest.iterations == 125 and manifest.training["init_from"]["iterations"] == 100
+    assert manifest.iterations == 130 and manifest.training["init_from"]["iterations"] == 100
     assert (tmp_path / "runs" / "multistyle+stripes").is_dir()
     assert Image.open(io.BytesIO(store.painting("multistyle", "stripes"))).size == (256, 256)
     before, after = net.state_dict(), loaded.state_dict()
@@ -163,3 +164,24 @@ def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
     with torch.no_grad():                                  # ... the new style did
         start = net.with_style("stripes").eval()(x, torch.tensor([[0.0, 0, 0, 1]]))
         assert not torch.allclose(loaded(x, torch.tensor([[0.0, 0, 0, 1]])), start, atol=1e-3)
+
+
+def test_a_run_out_of_time_stops_and_reports_its_last_step(tmp_path, net, capsys):
+    store = ModelStore(tmp_path / "store")
+    store.save(net, name="multistyle", task="style", architecture="multistyle",
+               options={"styles": net.styles, "upsample": "resize_conv", "padding": "reflect"},
+               iterations=100)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "grey.png")
+    painting = tmp_path / "red.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 40, 40), np.uint8)).save(painting)
+    cfg = MultiStyleConfig(add_style=str(painting), name="red", data=str(photos),
+                           store=str(store.root), image_size=32, batch_size=2, iterations=30,
+                           checkpoint_dir=str(tmp_path / "runs"), device="cpu", amp="none",
+                           style_weight=1e-4, time_limit_s=1e-6, progress_json=True)
+    _, result = multistyle_training.run(cfg)
+    progress = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                if line.startswith("{")]
+    assert result.steps == 1 and [p["step"] for p in progress] == [1]
+    assert store.manifest("multistyle").iterations == 101
