@@ -201,6 +201,26 @@ def summary(doc: dict[str, Any]) -> str:
             f"{statistics.median(gatys):.2f}).")
 
 
+def readme_block(doc: dict[str, Any]) -> str:
+    """The README's account of the page: what was learned, how long, how it scores."""
+    runs = [r["learn"] for r in doc["paintings"].values()]
+    minutes = sorted(r["seconds"] / 60 for r in runs)
+    steps = sorted(r["steps"] for r in runs)
+    s = doc["settings"]
+    done, every = len(runs), len(doc["uncovered"])
+    covered = f"all {every}" if done == every else f"{done} of the {every}"
+    where = " and ".join(sorted({r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPUs"
+                                 for r in doc["paintings"].values()}))
+    return (f"New styles learned as `POST /v1/styles` learns them ([docs/learned.md]"
+            f"(docs/learned.md), `python -m report learned`): {covered} paintings of the "
+            f"shared data's styles that no shipped model covers, each learned into "
+            f"`multistyle` in {minutes[0]:.1f}-{minutes[-1]:.1f} minutes on {where} "
+            f"({steps[0]:,}-{steps[-1]:,} steps of {s['crop_size']}-px crops), scored on "
+            f"{', '.join(s['content'])} at {s['size']} px with the objective of a network "
+            f"trained on the painting alone ({s['network_iterations']:,} steps). "
+            + summary(doc))
+
+
 def write_page(doc: dict[str, Any], docs: Path) -> None:
     pictures = "\n".join(
         f"| `{n}` | " + " | ".join(f'<img src="learned/{n}_{k}.jpg" width="180">'

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import summary as bench_summary
-from report import gallery, speed, sr, style, style_weight
+from report import gallery, learned, speed, sr, style, style_weight
 
 BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "gallery")
 
@@ -61,6 +61,8 @@ def readme_blocks(docs: Path, bench_results: Path = bench_summary.RESULTS) -> di
                                  + speed.reference_speed_table(doc))
     if bench := bench_summary.readme_block(bench_results):
         blocks["bench"] = bench
+    if doc := load("learned.json"):
+        blocks["learned"] = learned.readme_block(doc)
     if doc := load("gallery/index.json"):
         blocks["gallery"] = (gallery.gallery_markdown(doc, prefix="docs/", width=96)
                              + "\n\nLarger: [docs/gallery.md](docs/gallery.md).")

@@ -304,3 +304,35 @@ def check_front_end(doc: dict, found: list) -> None:
     assert (ceiling["met"] == "yes") == t["codec_ceiling_0.9_met"]
     (errors,) = [g for k, g in shown.items() if k == "no errors"]
     assert int(errors["measured"]) == t["errors_total"]
+
+
+def test_learned_block_matches_the_json():
+    text = block("learned")
+    doc = json.loads((DOCS / "learned.json").read_text())
+    runs = list(doc["paintings"].values())
+    minutes = sorted(r["learn"]["seconds"] / 60 for r in runs)
+    steps = sorted(r["learn"]["steps"] for r in runs)
+
+    def mean_total(r: dict, method: str) -> float:
+        return sum(im[method]["content"] + im[method]["style"] + im[method]["tv"]
+                   for im in r["images"].values()) / len(r["images"])
+
+    def shows(pattern: str, *expected: float) -> None:
+        m = re.search(pattern, text)
+        assert m, f"README's learned block has no {pattern!r}"
+        for s, v in zip(m.groups(), expected, strict=True):
+            assert_shows(s, v)
+
+    every = len(doc["uncovered"])
+    assert (f"all {every} paintings" if len(runs) == every else f"{len(runs)} of the {every}"
+            ) in text
+    shows(r"in ([\d.]+)-([\d.]+) minutes", minutes[0], minutes[-1])
+    shows(r"\(([\d,]+)-([\d,]+) steps", steps[0], steps[-1])
+    for method, pattern in (("network", r"total is ([\d.]+)-([\d.]+)x the per-style network's "
+                                        r"\(median ([\d.]+)\)"),
+                            ("gatys", r"and ([\d.]+)-([\d.]+)x that of Gatys et al\. after "
+                                      r"100 iterations \(median ([\d.]+)\)")):
+        ratios = sorted(mean_total(r, "learned") / mean_total(r, method) for r in runs)
+        half = len(ratios) // 2
+        median = ratios[half] if len(ratios) % 2 else (ratios[half - 1] + ratios[half]) / 2
+        shows(pattern, ratios[0], ratios[-1], median)
