@@ -15,7 +15,7 @@ from typing import Any
 from bench import summary as bench_summary
 from report import gallery, learned, speed, sr, style, style_weight
 
-BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "gallery")
+BLOCKS = ("sr-table", "style-table", "speed-table", "bench", "learned", "gallery")
 
 
 def replace_block(text: str, name: str, body: str) -> str:

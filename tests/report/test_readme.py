@@ -36,6 +36,7 @@ def test_readme_command_fills_the_blocks_it_has_documents_for(tmp_path: Path):
     assert 'src="docs/gallery/udnie/chicago.jpg"' in readme.read_block(text, "gallery")
     assert readme.read_block(text, "sr-table") == "\n"  # no sr.json: left as it was
     assert readme.read_block(text, "bench") == "\n"     # no benchmark results either
+    assert readme.read_block(text, "learned") == "\n"   # nor learned styles
     assert "| `udnie` | 40,000 / 30,000" in (docs / "style.md").read_text()
     assert (docs / "style.png").stat().st_size > 0
     assert "#### Super-resolution crops, ×4" in (docs / "gallery.md").read_text()
