@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,13 +124,19 @@ def test_without_style_drops_its_rows_and_keeps_the_others(net):
         net.without_style("z")
 
 
-def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
+def stored(net: MultiStyleNet, tmp_path: Path) -> tuple[ModelStore, Path]:
+    """A store holding `net` as multistyle after 100 steps, and an empty photo folder."""
     store = ModelStore(tmp_path / "store")
     store.save(net, name="multistyle", task="style", architecture="multistyle",
                options={"styles": net.styles, "upsample": "resize_conv", "padding": "reflect"},
                iterations=100)
     photos = tmp_path / "photos"
     photos.mkdir()
+    return store, photos
+
+
+def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
+    store, photos = stored(net, tmp_path)
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(photos / f"{i}.png")
@@ -167,12 +174,7 @@ def test_add_style_trains_only_the_new_style(tmp_path, net, capsys):
 
 
 def test_a_run_out_of_time_stops_and_reports_its_last_step(tmp_path, net, capsys):
-    store = ModelStore(tmp_path / "store")
-    store.save(net, name="multistyle", task="style", architecture="multistyle",
-               options={"styles": net.styles, "upsample": "resize_conv", "padding": "reflect"},
-               iterations=100)
-    photos = tmp_path / "photos"
-    photos.mkdir()
+    store, photos = stored(net, tmp_path)
     Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(photos / "grey.png")
     painting = tmp_path / "red.png"
     Image.fromarray(np.full((64, 64, 3), (200, 40, 40), np.uint8)).save(painting)
